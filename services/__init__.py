@@ -1,0 +1,1 @@
+"""Kiln's gRPC services and the runtime they share."""

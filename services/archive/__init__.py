@@ -1,0 +1,1 @@
+"""The archive service: asset archives (Scenario), built as jobs."""

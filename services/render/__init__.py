@@ -1,0 +1,1 @@
+"""The render service: image editing (Claid) and 3D import, export and render (Clara)."""

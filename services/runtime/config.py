@@ -1,0 +1,325 @@
+"""Configuration, read once from environment variables into frozen dataclasses.
+
+Every variable Kiln reads is declared here, with its default and a docstring;
+`docs/configuration.md` is generated from these declarations (`make docs-config`) so the two
+cannot drift apart.
+Nothing else in Kiln reads `os.environ` for settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.runtime.errors import ConfigError
+
+#: The services and their default ports: (gRPC, metrics HTTP).
+SERVICE_PORTS: dict[str, tuple[int, int]] = {
+    "objects": (50051, 9101),
+    "jobs": (50052, 9102),
+    "render": (50053, 9103),
+    "archive": (50054, 9104),
+}
+SERVICE_NAMES: tuple[str, ...] = tuple(SERVICE_PORTS)
+
+
+def _env_field(var: str, default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": var, "doc": doc})
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where blobs live: any S3 endpoint (SeaweedFS embedded, MinIO in production)."""
+
+    endpoint: str = _env_field("KILN_S3_ENDPOINT", "127.0.0.1:9000", "S3 endpoint as host:port.")
+    """S3 endpoint as host:port."""
+    access_key: str = _env_field("KILN_S3_ACCESS_KEY", "kiln", "S3 access key.")
+    """S3 access key."""
+    secret_key: str = _env_field("KILN_S3_SECRET_KEY", "kiln-secret-key", "S3 secret key.")
+    """S3 secret key."""
+    secure: bool = _env_field("KILN_S3_SECURE", False, "Use HTTPS to reach S3.")
+    """Use HTTPS to reach S3."""
+    region: str = _env_field("KILN_S3_REGION", "us-east-1", "S3 region used for signing.")
+    """S3 region used for signing."""
+    bucket: str = _env_field(
+        "KILN_S3_BUCKET", "kiln", "Bucket for every artifact; created at start."
+    )
+    """Bucket for every artifact; created at start if missing."""
+    public_endpoint: str = _env_field(
+        "KILN_S3_PUBLIC_ENDPOINT",
+        "",
+        "host:port clients use for presigned URLs, when it differs from KILN_S3_ENDPOINT.",
+    )
+    """host:port that clients use for presigned URLs, when it differs from the endpoint."""
+    presign_expiry_seconds: int = _env_field(
+        "KILN_PRESIGN_EXPIRY_SECONDS", 3600, "Lifetime of presigned download URLs."
+    )
+    """Lifetime of presigned download URLs, in seconds (at most 7 days, S3's limit)."""
+    part_size: int = _env_field(
+        "KILN_S3_PART_SIZE", 8 * 1024 * 1024, "Multipart upload part size in bytes (>= 5 MiB)."
+    )
+    """Multipart upload part size in bytes (S3 needs at least 5 MiB)."""
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """How access tokens are signed (gateway) and verified (every service)."""
+
+    issuer: str = _env_field("KILN_JWT_ISSUER", "kiln", "The iss claim of Kiln's tokens.")
+    """The `iss` claim of Kiln's tokens; tokens from another issuer are refused."""
+    private_key_file: str = _env_field(
+        "KILN_JWT_PRIVATE_KEY_FILE",
+        "",
+        "Ed25519 PEM private key the gateway signs with (default: <data dir>/keys/jwt.pem).",
+    )
+    """Ed25519 PEM private key the gateway signs tokens with (default `<data dir>/keys/jwt.pem`)."""
+    public_key_files: str = _env_field(
+        "KILN_JWT_PUBLIC_KEY_FILES",
+        "",
+        "Comma-separated Ed25519 PEM public keys accepted (default: <data dir>/keys/jwt.pub.pem).",
+    )
+    """Comma-separated PEM public keys whose signatures are accepted; list the old and the new
+    key while rotating (default `<data dir>/keys/jwt.pub.pem`)."""
+    token_ttl_seconds: int = _env_field(
+        "KILN_TOKEN_TTL_SECONDS", 43200, "Lifetime of issued access tokens (default 12 h)."
+    )
+    """Lifetime of issued access tokens, in seconds (default 12 h, as SideFX's)."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Settings of one gRPC service process."""
+
+    name: str
+    """Which service this is: objects, jobs, render or archive."""
+    host: str
+    """Address the gRPC and metrics ports bind to."""
+    grpc_port: int
+    """gRPC port (KILN_<SERVICE>_PORT); 0 picks a free one."""
+    metrics_port: int
+    """Prometheus /metrics port (KILN_<SERVICE>_METRICS_PORT); 0 picks a free one, -1 disables."""
+    database_url: str
+    """SQLAlchemy async URL (KILN_<SERVICE>_DATABASE_URL); default a SQLite file in the data dir."""
+    data_dir: Path
+    """Directory for embedded state (SQLite files, keys)."""
+    storage: StorageConfig
+    """S3 settings."""
+    auth: AuthConfig
+    """Token verification settings."""
+    log_level: str
+    """Python logging level name."""
+    log_format: str
+    """`json` (default) or `text`."""
+    shutdown_grace_seconds: float
+    """On SIGTERM, how long in-flight calls may run before they are cancelled."""
+    jobs_target: str
+    """host:port of the jobs service, for services that submit or run jobs."""
+    objects_target: str
+    """host:port of the objects service, for services that read assets or objects."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Settings of the HTTP/JSON gateway process."""
+
+    host: str
+    """Address the HTTP port binds to (KILN_GATEWAY_HOST)."""
+    port: int
+    """HTTP port (KILN_GATEWAY_PORT, default 8080); /metrics is served on it too."""
+    database_url: str
+    """SQLAlchemy async URL of the API-client store (KILN_GATEWAY_DATABASE_URL)."""
+    data_dir: Path
+    """Directory for embedded state."""
+    descriptor_set: Path
+    """Compiled descriptor set the routes are built from (KILN_DESCRIPTOR_SET)."""
+    targets: Mapping[str, str]
+    """Service name -> host:port (KILN_<SERVICE>_TARGET)."""
+    auth: AuthConfig
+    """Token signing settings."""
+    demo_client_id: str
+    """client_id of the demo API client created at start (KILN_DEMO_CLIENT_ID; empty: none)."""
+    demo_client_secret: str
+    """Its secret (KILN_DEMO_CLIENT_SECRET)."""
+    demo_tenant: str
+    """Its tenant (KILN_DEMO_TENANT)."""
+    max_body_bytes: int
+    """Largest JSON body accepted (KILN_MAX_BODY_BYTES); larger answers 413."""
+    log_level: str
+    """Python logging level name."""
+    log_format: str
+    """`json` or `text`."""
+
+
+# Variables outside the dataclasses above whose names are built per service, documented here so
+# the generated configuration page lists them too.
+PER_SERVICE_VARIABLES: tuple[tuple[str, str, str], ...] = (
+    ("KILN_<SERVICE>_PORT", "50051..50054", "gRPC port of objects, jobs, render, archive."),
+    ("KILN_<SERVICE>_METRICS_PORT", "9101..9104", "Prometheus /metrics port of each service."),
+    (
+        "KILN_<SERVICE>_DATABASE_URL",
+        "sqlite+aiosqlite:///<data dir>/<service>.db",
+        "Database of each service; postgresql+asyncpg://… in production.",
+    ),
+    ("KILN_<SERVICE>_TARGET", "127.0.0.1:<port>", "Where other processes reach each service."),
+)
+GENERAL_VARIABLES: tuple[tuple[str, str, str], ...] = (
+    ("KILN_HOST", "127.0.0.1", "Bind address of every service."),
+    ("KILN_DATA_DIR", "./var", "Embedded state: SQLite files, S3 data, keys, logs."),
+    ("KILN_LOG_LEVEL", "INFO", "Logging level."),
+    ("KILN_LOG_FORMAT", "json", "json or text."),
+    ("KILN_SHUTDOWN_GRACE_SECONDS", "10", "Grace period for in-flight calls on SIGTERM."),
+    ("KILN_GATEWAY_HOST", "127.0.0.1", "Bind address of the gateway."),
+    ("KILN_GATEWAY_PORT", "8080", "HTTP port of the gateway."),
+    (
+        "KILN_GATEWAY_DATABASE_URL",
+        "sqlite+aiosqlite:///<data dir>/gateway.db",
+        "API-client store of the gateway.",
+    ),
+    ("KILN_DESCRIPTOR_SET", "gen/kiln.binpb", "Descriptor set the gateway builds routes from."),
+    ("KILN_MAX_BODY_BYTES", "8388608", "Largest JSON body the gateway accepts."),
+    ("KILN_DEMO_CLIENT_ID", "demo", "Demo API client created at start; empty for none."),
+    ("KILN_DEMO_CLIENT_SECRET", "demo-secret", "Secret of the demo client."),
+    ("KILN_DEMO_TENANT", "demo", "Tenant of the demo client."),
+    ("KILN_S3_PORT", "9000", "Port of the embedded S3 server that `make up` starts."),
+)
+
+
+class _Env:
+    """Typed reads from one environment mapping, with errors that name the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def text(self, var: str, default: str) -> str:
+        return self._environ.get(var, default)
+
+    def integer(self, var: str, default: int) -> int:
+        raw = self._environ.get(var)
+        if raw is None or raw == "":
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
+
+    def number(self, var: str, default: float) -> float:
+        raw = self._environ.get(var)
+        if raw is None or raw == "":
+            return default
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{var} must be a number, got {raw!r}") from None
+
+    def flag(self, var: str, default: bool) -> bool:
+        raw = self._environ.get(var)
+        if raw is None or raw == "":
+            return default
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{var} must be true or false, got {raw!r}")
+
+    def section(self, cls: type[Any], **overrides: Any) -> Any:
+        """Fills a dataclass whose fields carry `env` metadata."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            var = f.metadata["env"]
+            if isinstance(f.default, bool):
+                values[f.name] = self.flag(var, f.default)
+            elif isinstance(f.default, int):
+                values[f.name] = self.integer(var, f.default)
+            else:
+                values[f.name] = self.text(var, str(f.default))
+        values.update(overrides)
+        return cls(**values)
+
+
+def _data_dir(env: _Env) -> Path:
+    return Path(env.text("KILN_DATA_DIR", "./var")).resolve()
+
+
+def _auth(env: _Env, data_dir: Path) -> AuthConfig:
+    auth: AuthConfig = env.section(AuthConfig)
+    keys = data_dir / "keys"
+    return dataclasses.replace(
+        auth,
+        private_key_file=auth.private_key_file or str(keys / "jwt.pem"),
+        public_key_files=auth.public_key_files or str(keys / "jwt.pub.pem"),
+    )
+
+
+def _target(env: _Env, service: str) -> str:
+    port = env.integer(f"KILN_{service.upper()}_PORT", SERVICE_PORTS[service][0])
+    return env.text(f"KILN_{service.upper()}_TARGET", f"127.0.0.1:{port}")
+
+
+def _validate_log(env: _Env) -> tuple[str, str]:
+    level = env.text("KILN_LOG_LEVEL", "INFO").upper()
+    fmt = env.text("KILN_LOG_FORMAT", "json").lower()
+    if fmt not in {"json", "text"}:
+        raise ConfigError(f"KILN_LOG_FORMAT must be json or text, got {fmt!r}")
+    return level, fmt
+
+
+def load_service_config(name: str, environ: Mapping[str, str] | None = None) -> ServiceConfig:
+    """Reads one service's configuration; raises ConfigError naming any bad variable."""
+    if name not in SERVICE_PORTS:
+        raise ConfigError(f"unknown service {name!r}; expected one of {', '.join(SERVICE_NAMES)}")
+    env = _Env(os.environ if environ is None else environ)
+    data_dir = _data_dir(env)
+    grpc_default, metrics_default = SERVICE_PORTS[name]
+    prefix = f"KILN_{name.upper()}"
+    storage: StorageConfig = env.section(StorageConfig)
+    if storage.part_size < 5 * 1024 * 1024:
+        raise ConfigError("KILN_S3_PART_SIZE must be at least 5 MiB (5242880), S3's minimum")
+    if not 1 <= storage.presign_expiry_seconds <= 7 * 24 * 3600:
+        raise ConfigError("KILN_PRESIGN_EXPIRY_SECONDS must be between 1 and 604800 (7 days)")
+    level, fmt = _validate_log(env)
+    return ServiceConfig(
+        name=name,
+        host=env.text("KILN_HOST", "127.0.0.1"),
+        grpc_port=env.integer(f"{prefix}_PORT", grpc_default),
+        metrics_port=env.integer(f"{prefix}_METRICS_PORT", metrics_default),
+        database_url=env.text(
+            f"{prefix}_DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / (name + '.db')}"
+        ),
+        data_dir=data_dir,
+        storage=storage,
+        auth=_auth(env, data_dir),
+        log_level=level,
+        log_format=fmt,
+        shutdown_grace_seconds=env.number("KILN_SHUTDOWN_GRACE_SECONDS", 10.0),
+        jobs_target=_target(env, "jobs"),
+        objects_target=_target(env, "objects"),
+    )
+
+
+def load_gateway_config(environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Reads the gateway's configuration; raises ConfigError naming any bad variable."""
+    env = _Env(os.environ if environ is None else environ)
+    data_dir = _data_dir(env)
+    level, fmt = _validate_log(env)
+    return GatewayConfig(
+        host=env.text("KILN_GATEWAY_HOST", "127.0.0.1"),
+        port=env.integer("KILN_GATEWAY_PORT", 8080),
+        database_url=env.text(
+            "KILN_GATEWAY_DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / 'gateway.db'}"
+        ),
+        data_dir=data_dir,
+        descriptor_set=Path(env.text("KILN_DESCRIPTOR_SET", "gen/kiln.binpb")).resolve(),
+        targets={service: _target(env, service) for service in SERVICE_NAMES},
+        auth=_auth(env, data_dir),
+        demo_client_id=env.text("KILN_DEMO_CLIENT_ID", "demo"),
+        demo_client_secret=env.text("KILN_DEMO_CLIENT_SECRET", "demo-secret"),
+        demo_tenant=env.text("KILN_DEMO_TENANT", "demo"),
+        max_body_bytes=env.integer("KILN_MAX_BODY_BYTES", 8 * 1024 * 1024),
+        log_level=level,
+        log_format=fmt,
+    )

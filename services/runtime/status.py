@@ -1,0 +1,56 @@
+"""Kiln errors as gRPC statuses carrying `google.rpc.ErrorInfo` (AIP-193)."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from services.runtime import errors
+
+DOMAIN = "kiln.dev"
+
+_CODES: tuple[tuple[type[errors.KilnError], grpc.StatusCode], ...] = (
+    (errors.AuthError, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.StorageError, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def grpc_code_for(error: errors.KilnError) -> grpc.StatusCode:
+    for cls, code in _CODES:
+        if isinstance(error, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def to_status(error: errors.KilnError) -> grpc.Status:
+    """Builds the status a servicer aborts with; the detail names reason and field."""
+    code = grpc_code_for(error)
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
+    if error.field:
+        info.metadata["field"] = error.field
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=error.message, details=[detail]
+    )
+    return rpc_status.to_status(status)
+
+
+def error_info(
+    call_error: grpc.aio.AioRpcError | grpc.RpcError,
+) -> error_details_pb2.ErrorInfo | None:
+    """Reads the ErrorInfo detail back out of a failed call, if it carries one."""
+    status = rpc_status.from_call(call_error)
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
