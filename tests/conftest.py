@@ -22,6 +22,10 @@ from services.runtime.auth import TokenSigner, generate_keypair
 from services.runtime.config import SERVICE_NAMES, ServiceConfig, load_service_config
 from services.runtime.server import RunningServer, start
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: PYTHONPATH for subprocesses: the generated code and the repository.
+PYTHONPATH = os.pathsep.join([str(REPO_ROOT / "gen"), str(REPO_ROOT)])
+
 PG_HOST = os.environ.get("KILN_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("KILN_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("KILN_TEST_PG_USER", "postgres")
@@ -35,9 +39,7 @@ def tmp_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def s3(tmp_root: Path) -> Iterator[SeaweedS3]:
     """One SeaweedFS server for the whole session, warmed so the first test is not slow."""
-    server = SeaweedS3(
-        tmp_root / "s3", s3_port=free_port(), log_file=tmp_root / "weed.log"
-    )
+    server = SeaweedS3(tmp_root / "s3", s3_port=free_port(), log_file=tmp_root / "weed.log")
     server.start()
     try:
         yield server

@@ -251,6 +251,9 @@ async def _guard(call: Awaitable[Any], context: grpc.aio.ServicerContext) -> Any
         await _abort(context, exc)
     except (grpc.aio.AbortError, grpc.aio.AioRpcError, grpc.aio.UsageError):
         raise
+    except NotImplementedError:
+        # Generated base servicers raise it for RPCs a service does not serve yet.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
     except Exception:
         log.exception("unhandled error")
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -267,6 +270,9 @@ async def _guard_stream(result: Any, context: grpc.aio.ServicerContext) -> Async
         await _abort(context, exc)
     except (grpc.aio.AbortError, grpc.aio.AioRpcError, grpc.aio.UsageError):
         raise
+    except NotImplementedError:
+        # Generated base servicers raise it for RPCs a service does not serve yet.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
     except Exception:
         log.exception("unhandled error in a streaming call")
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")

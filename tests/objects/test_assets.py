@@ -49,7 +49,7 @@ async def test_upload_get_download_delete(
     got = (await stub.GetAsset(assets_pb2.GetAssetRequest(asset_id=asset.id), metadata=auth)).asset
     assert got.id == asset.id and got.sha256 == asset.sha256
     # The presigned URL needs no credentials and serves the exact bytes.
-    with urllib.request.urlopen(got.url, timeout=10) as response:  # noqa: S310 - loopback S3
+    with urllib.request.urlopen(got.url, timeout=10) as response:
         assert response.read() == data
 
     await stub.DeleteAsset(assets_pb2.DeleteAssetRequest(asset_id=asset.id), metadata=auth)
@@ -60,7 +60,7 @@ async def test_upload_get_download_delete(
     assert info is not None and info.reason == "ERROR_REASON_NOT_FOUND"
     # The bytes went with the record.
     with pytest.raises(urllib.error.HTTPError):
-        urllib.request.urlopen(got.url, timeout=10)  # noqa: S310
+        urllib.request.urlopen(got.url, timeout=10)
 
 
 async def test_tenants_cannot_see_each_other(
@@ -89,7 +89,11 @@ async def test_list_pages_newest_first_and_filters_by_kind(
     ids = []
     for i in range(5):
         name = f"img{i}.png" if i % 2 == 0 else f"notes{i}.txt"
-        ids.append((await stub.UploadAsset(upload_messages(b"x" * i, file_name=name), metadata=auth)).asset.id)
+        ids.append(
+            (
+                await stub.UploadAsset(upload_messages(b"x" * i, file_name=name), metadata=auth)
+            ).asset.id
+        )
     seen: list[str] = []
     token = ""
     while True:
@@ -193,5 +197,7 @@ async def test_unknown_or_malformed_ids_are_not_found(
     stub: assets_pb2_grpc.AssetServiceStub, token_for: Callable[..., str], asset_id: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.GetAsset(assets_pb2.GetAssetRequest(asset_id=asset_id), metadata=bearer(token_for()))
+        await stub.GetAsset(
+            assets_pb2.GetAssetRequest(asset_id=asset_id), metadata=bearer(token_for())
+        )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
