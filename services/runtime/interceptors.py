@@ -6,6 +6,10 @@
    leaking their text.
 3. `AuthInterceptor`: verifies the Bearer token on every call except health and reflection,
    and puts the caller in the context for the handler.
+
+Each interceptor wraps a method's handler once and reuses the wrapped handler for every later
+call (per-call state comes from the ServicerContext), so the cost per RPC is a dictionary
+lookup plus the wrapper's own work, not a fresh handler each time.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ RPC_SECONDS = Histogram(
 )
 
 Behavior = Callable[..., Any]
-Wrapper = Callable[[Behavior, bool, grpc.HandlerCallDetails], Behavior]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
+_CODE_NAMES = {code.value[0]: str(code.name) for code in grpc.StatusCode}
 
 
 def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
@@ -65,178 +70,165 @@ def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
     return "unary"
 
 
-def _split(method: str) -> tuple[str, str]:
-    service, _, name = method.lstrip("/").rpartition("/")
-    return service, name
-
-
-def _rewrap(handler: grpc.RpcMethodHandler, wrap: Wrapper, details: grpc.HandlerCallDetails) -> Any:
-    """Returns `handler` with its behaviour passed through `wrap`, keeping its kind."""
-    streaming = handler.response_streaming
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            wrap(handler.unary_unary, streaming, details),
-            handler.request_deserializer,
-            handler.response_serializer,
-        )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            wrap(handler.unary_stream, streaming, details),
-            handler.request_deserializer,
-            handler.response_serializer,
-        )
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(
-            wrap(handler.stream_unary, streaming, details),
-            handler.request_deserializer,
-            handler.response_serializer,
-        )
-    return grpc.stream_stream_rpc_method_handler(
-        wrap(handler.stream_stream, streaming, details),
-        handler.request_deserializer,
-        handler.response_serializer,
-    )
-
-
-def _around(
-    behavior: Behavior,
-    streaming: bool,
-    before: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
-    after: Callable[[grpc.aio.ServicerContext, BaseException | None], Awaitable[None]],
-) -> Behavior:
-    """Wraps a unary or streaming behaviour with async hooks run before and after it."""
-    if streaming:
-
-        async def stream_behavior(
-            request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
-            token = await before(request, context)
-            error: BaseException | None = None
-            try:
-                result = behavior(request, context)
-                if hasattr(result, "__aiter__"):
-                    async for item in result:
-                        yield item
-                else:
-                    await result
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                await after(context, error)
-                del token
-
-        return stream_behavior
-
-    async def unary_behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        token = await before(request, context)
-        error: BaseException | None = None
-        try:
-            return await behavior(request, context)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            await after(context, error)
-            del token
-
-    return unary_behavior
-
-
 def _code_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return str(code.name)
     if isinstance(code, int):
-        return next(str(c.name) for c in grpc.StatusCode if c.value[0] == code)
+        return _CODE_NAMES.get(code, "UNKNOWN")
     return "OK" if error is None else "UNKNOWN"
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+def _metadata(context: grpc.aio.ServicerContext, key: str) -> str:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return str(v)
+    return ""
+
+
+async def _iterate(result: Any) -> AsyncIterator[Any]:
+    """A streaming behaviour's output, whether it yields or writes through the context."""
+    if hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    else:
+        await result
+
+
+class _WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each method's handler once; subclasses say how to wrap a behaviour."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[tuple[str, int], grpc.RpcMethodHandler] = {}
+
+    def applies_to(self, method: str) -> bool:
+        return True
+
+    def wrap(self, behavior: Behavior, streaming: bool, method: str, rpc_type: str) -> Behavior:
+        raise NotImplementedError
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not self.applies_to(method):
+            return handler
+        key = (method, id(handler))
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            wrapped = self._rewrap(handler, method)
+            self._wrapped[key] = wrapped
+        return wrapped
+
+    def _rewrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        rpc_type = _rpc_type(handler)
+        streaming = bool(handler.response_streaming)
+        for kind, factory in (
+            ("unary_unary", grpc.unary_unary_rpc_method_handler),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler),
+        ):
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                return factory(
+                    self.wrap(behavior, streaming, method, rpc_type),
+                    handler.request_deserializer,
+                    handler.response_serializer,
+                )
+        raise ValueError(f"handler of {method} has no behaviour")
+
+
+class MetricsInterceptor(_WrappingInterceptor):
     """Counts and times every RPC by service, method, type and final status code."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        service, method = _split(handler_call_details.method)
-        rpc_type = _rpc_type(handler)
+    def wrap(self, behavior: Behavior, streaming: bool, method: str, rpc_type: str) -> Behavior:
+        service, _, name = method.lstrip("/").rpartition("/")
+        started_total = RPC_STARTED.labels(service, name, rpc_type)
+        seconds = RPC_SECONDS.labels(service, name, rpc_type)
 
-        def wrap(behavior: Behavior, streaming: bool, _: grpc.HandlerCallDetails) -> Behavior:
-            started: list[float] = []
+        def finish(
+            context: grpc.aio.ServicerContext, began: float, error: BaseException | None
+        ) -> None:
+            seconds.observe(time.perf_counter() - began)
+            RPC_HANDLED.labels(service, name, rpc_type, _code_of(context, error)).inc()
 
-            async def before(_request: Any, _context: grpc.aio.ServicerContext) -> None:
-                RPC_STARTED.labels(service, method, rpc_type).inc()
-                started.append(time.perf_counter())
+        if streaming:
 
-            async def after(context: grpc.aio.ServicerContext, error: BaseException | None) -> None:
-                RPC_SECONDS.labels(service, method, rpc_type).observe(
-                    time.perf_counter() - started.pop()
-                )
-                RPC_HANDLED.labels(service, method, rpc_type, _code_of(context, error)).inc()
+            async def streamed(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                started_total.inc()
+                began, error = time.perf_counter(), None
+                try:
+                    async for item in _iterate(behavior(request, context)):
+                        yield item
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    finish(context, began, error)
 
-            return _around(behavior, streaming, before, after)
+            return streamed
 
-        return _rewrap(handler, wrap, handler_call_details)
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started_total.inc()
+            began, error = time.perf_counter(), None
+            try:
+                return await behavior(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                finish(context, began, error)
+
+        return unary
 
 
-class ContextInterceptor(grpc.aio.ServerInterceptor):
+class ContextInterceptor(_WrappingInterceptor):
     """Sets the request id, logs each call once, and turns errors into rich statuses."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        metadata = dict(handler_call_details.invocation_metadata or ())
+    def wrap(self, behavior: Behavior, streaming: bool, method: str, rpc_type: str) -> Behavior:
         quiet = method.startswith(UNAUTHENTICATED_PREFIXES)
 
-        def wrap(behavior: Behavior, streaming: bool, _: grpc.HandlerCallDetails) -> Behavior:
-            def log_call(context: grpc.aio.ServicerContext, started: float) -> None:
-                if not quiet:
-                    log.info(
-                        "rpc",
-                        extra={
-                            "method": method,
-                            "code": _code_of(context, None),
-                            "ms": round((time.perf_counter() - started) * 1000, 2),
-                        },
-                    )
+        def begin(context: grpc.aio.ServicerContext) -> float:
+            request_id_var.set(_metadata(context, "x-request-id") or uuid.uuid4().hex)
+            return time.perf_counter()
 
-            if streaming:
+        def log_call(context: grpc.aio.ServicerContext, began: float) -> None:
+            if not quiet and log.isEnabledFor(logging.INFO):
+                log.info(
+                    "rpc",
+                    extra={
+                        "method": method,
+                        "code": _code_of(context, None),
+                        "ms": round((time.perf_counter() - began) * 1000, 2),
+                    },
+                )
 
-                async def streamed(
-                    request: Any, context: grpc.aio.ServicerContext
-                ) -> AsyncIterator[Any]:
-                    request_id_var.set(str(metadata.get("x-request-id") or uuid.uuid4().hex))
-                    started = time.perf_counter()
-                    try:
-                        async for item in _guard_stream(behavior(request, context), context):
-                            yield item
-                    finally:
-                        log_call(context, started)
+        if streaming:
 
-                return streamed
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                request_id_var.set(str(metadata.get("x-request-id") or uuid.uuid4().hex))
-                started = time.perf_counter()
+            async def streamed(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                began = begin(context)
                 try:
-                    return await _guard(behavior(request, context), context)
+                    async for item in _guard_stream(behavior(request, context), context):
+                        yield item
                 finally:
-                    log_call(context, started)
+                    log_call(context, began)
 
-            return unary
+            return streamed
 
-        return _rewrap(handler, wrap, handler_call_details)
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            began = begin(context)
+            try:
+                return await _guard(behavior(request, context), context)
+            finally:
+                log_call(context, began)
+
+        return unary
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: KilnError) -> None:
@@ -244,88 +236,74 @@ async def _abort(context: grpc.aio.ServicerContext, error: KilnError) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+async def _abort_unexpected(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    if isinstance(error, NotImplementedError):
+        # Generated base servicers raise it for RPCs a service does not serve yet.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
+    log.error("unhandled error", exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+_PASS_THROUGH = (grpc.aio.AbortError, grpc.aio.AioRpcError, grpc.aio.UsageError)
+
+
 async def _guard(call: Awaitable[Any], context: grpc.aio.ServicerContext) -> Any:
     try:
         return await call
     except KilnError as exc:
         await _abort(context, exc)
-    except (grpc.aio.AbortError, grpc.aio.AioRpcError, grpc.aio.UsageError):
+    except _PASS_THROUGH:
         raise
-    except NotImplementedError:
-        # Generated base servicers raise it for RPCs a service does not serve yet.
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
-    except Exception:
-        log.exception("unhandled error")
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    except Exception as exc:
+        await _abort_unexpected(context, exc)
 
 
 async def _guard_stream(result: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
     try:
-        if hasattr(result, "__aiter__"):
-            async for item in result:
-                yield item
-        else:
-            await result
+        async for item in _iterate(result):
+            yield item
     except KilnError as exc:
         await _abort(context, exc)
-    except (grpc.aio.AbortError, grpc.aio.AioRpcError, grpc.aio.UsageError):
+    except _PASS_THROUGH:
         raise
-    except NotImplementedError:
-        # Generated base servicers raise it for RPCs a service does not serve yet.
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
-    except Exception:
-        log.exception("unhandled error in a streaming call")
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    except Exception as exc:
+        await _abort_unexpected(context, exc)
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(_WrappingInterceptor):
     """Refuses any call without a valid Bearer token; nothing trusts the network."""
 
     def __init__(self, verifier: TokenVerifier) -> None:
+        super().__init__()
         self._verifier = verifier
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(UNAUTHENTICATED_PREFIXES):
-            return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        verifier = self._verifier
+    def applies_to(self, method: str) -> bool:
+        return not method.startswith(UNAUTHENTICATED_PREFIXES)
 
-        def wrap(behavior: Behavior, streaming: bool, _: grpc.HandlerCallDetails) -> Behavior:
-            def authenticate() -> None:
-                header = str(metadata.get("authorization", ""))
-                scheme, _, token = header.partition(" ")
-                if not header:
-                    raise MissingCredentials(
-                        "missing credentials: send 'authorization: Bearer <token>'"
-                    )
-                if scheme.lower() != "bearer" or not token.strip():
-                    raise AuthError("authorization must be 'Bearer <token>'")
-                principal_var.set(verifier.verify(token.strip()))
+    def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
+        header = _metadata(context, "authorization")
+        if not header:
+            raise MissingCredentials("missing credentials: send 'authorization: Bearer <token>'")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("authorization must be 'Bearer <token>'")
+        principal_var.set(self._verifier.verify(token.strip()))
 
-            if streaming:
+    def wrap(self, behavior: Behavior, streaming: bool, method: str, rpc_type: str) -> Behavior:
+        authenticate = self._authenticate
+        if streaming:
 
-                async def streamed(
-                    request: Any, context: grpc.aio.ServicerContext
-                ) -> AsyncIterator[Any]:
-                    authenticate()
-                    result = behavior(request, context)
-                    if hasattr(result, "__aiter__"):
-                        async for item in result:
-                            yield item
-                    else:
-                        await result
+            async def streamed(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                authenticate(context)
+                async for item in _iterate(behavior(request, context)):
+                    yield item
 
-                return streamed
+            return streamed
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                authenticate()
-                return await behavior(request, context)
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            authenticate(context)
+            return await behavior(request, context)
 
-            return unary
-
-        return _rewrap(handler, wrap, handler_call_details)
+        return unary

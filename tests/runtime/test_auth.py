@@ -101,3 +101,27 @@ def test_missing_or_wrong_key_files_fail_at_start(
         TokenVerifier.from_files("", issuer="kiln")
     with pytest.raises(ConfigError):
         TokenSigner.from_file(keypair[1], issuer="kiln", ttl_seconds=1)
+
+
+def test_a_remembered_token_still_expires(keypair: tuple[Path, Path]) -> None:
+    verifier = TokenVerifier.from_files(str(keypair[1]), issuer="kiln")
+    token, _ = signer_for(keypair[0]).issue(
+        client_id="c", tenant="t", scopes=[], ttl_seconds=2, now=time.time() - 1
+    )
+    assert verifier.verify(token).tenant == "t"  # checked and remembered
+    assert verifier.verify(token).tenant == "t"  # answered from memory
+    time.sleep(1.2)
+    with pytest.raises(TokenExpired):
+        verifier.verify(token)
+
+
+def test_the_memory_of_verified_tokens_is_bounded(keypair: tuple[Path, Path]) -> None:
+    verifier = TokenVerifier.from_files(str(keypair[1]), issuer="kiln")
+    verifier.CACHE_SIZE = 3
+    signer = signer_for(keypair[0])
+    tokens = [signer.issue(client_id=f"c{i}", tenant="t", scopes=[])[0] for i in range(5)]
+    for token in tokens:
+        verifier.verify(token)
+    assert len(verifier._verified) == 3
+    # A forgotten token is checked again from its signature, and still passes.
+    assert verifier.verify(tokens[0]).client_id == "c0"

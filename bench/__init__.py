@@ -1,0 +1,1 @@
+"""Kiln's benchmarks: each script measures one figure against a reference run side by side."""
