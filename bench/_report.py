@@ -62,9 +62,8 @@ def report(name: str, figures: list[Figure], notes: dict[str, Any]) -> Path:
         p50 = f"{f.p50_ms:.2f}" if f.p50_ms is not None else "-"
         p99 = f"{f.p99_ms:.2f}" if f.p99_ms is not None else "-"
         ratio = f"{f.ratio:.2f}" if f.ratio is not None else "-"
-        print(
-            f"{f.case:<28} {f.variant:<14} {f.value:>12.1f} {f.unit:<8} {p50:>8} {p99:>8} {ratio:>6}"
-        )
+        value = f"{f.value:.1f}"
+        print(f"{f.case:<28} {f.variant:<14} {value:>12} {f.unit:<8} {p50:>8} {p99:>8} {ratio:>6}")
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(
