@@ -12,12 +12,14 @@ export PYTHONPATH := $(CURDIR)/$(GEN):$(CURDIR)
 .PHONY: help bootstrap protos up start down test lint fmt bench docs-config clean
 
 help:
-	@echo "make up        start the whole suite (DETACH=1 to run in the background)"
-	@echo "make down      stop a suite started with DETACH=1 / make start"
-	@echo "make test      run the test suite"
-	@echo "make lint      ruff, mypy, buf lint, buf format"
-	@echo "make bench     run the benchmarks, write bench/results/*.json"
-	@echo "make protos    regenerate Python code and the descriptor set"
+	@echo "make up           start the whole suite in the foreground (Ctrl-C stops it)"
+	@echo "make up DETACH=1  the same in the background (also: make start); make down stops it"
+	@echo "make test         run the test suite (PYTEST_ARGS=... to narrow it)"
+	@echo "make lint         ruff, mypy, the configuration page check, buf lint, buf format"
+	@echo "make fmt          ruff format and fixes, buf format"
+	@echo "make bench        run the benchmarks, write bench/results/*.json"
+	@echo "make protos       regenerate Python code and the descriptor set in gen/"
+	@echo "make docs-config  regenerate docs/configuration.md from services/runtime/config.py"
 
 bootstrap: $(STAMP)
 
@@ -38,8 +40,9 @@ $(GEN)/kiln.binpb: $(STAMP) $(PROTO_FILES) protos/buf.yaml
 	@find $(GEN)/kiln -type d -exec touch {}/__init__.py \;
 	@echo "generated $(GEN)/ from $(words $(PROTO_FILES)) proto files"
 
+# DETACH=1 runs the same supervisor in the background and returns once everything is healthy.
 up: protos
-	@$(PY) -m deploy.local.launcher $(if $(DETACH),--detach,)
+	@$(PY) -m deploy.local.launcher $(if $(filter-out 0 no false,$(DETACH)),--detach,)
 
 start:
 	@$(MAKE) --no-print-directory up DETACH=1
@@ -54,6 +57,7 @@ lint: protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(PY) -m deploy.local.configdoc --check
 	cd protos && ../$(VENV)/bin/buf lint && ../$(VENV)/bin/buf format --exit-code -d
 
 fmt: $(STAMP)
@@ -64,8 +68,10 @@ fmt: $(STAMP)
 bench: protos
 	@$(PY) -m bench
 
+# docs/configuration.md is generated from services/runtime/config.py; lint and a test fail when
+# the committed page is stale.
 docs-config: $(STAMP)
-	@$(PY) -m deploy.local.configdoc > docs/configuration.md
+	@$(PY) -m deploy.local.configdoc --write
 
 clean:
 	rm -rf $(GEN) .pytest_cache .mypy_cache .ruff_cache

@@ -111,9 +111,11 @@ class SeaweedS3:
         url = f"http://{self.endpoint}/"
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.process.returncode}; see {self.log_file}")
+                raise RuntimeError(
+                    f"weed exited with {self.process.returncode}; see {self.log_file}"
+                )
             try:
-                urllib.request.urlopen(url, timeout=1)  # noqa: S310 - loopback only
+                urllib.request.urlopen(url, timeout=1)
                 return
             except urllib.error.HTTPError:
                 return  # 403 without credentials means S3 is answering

@@ -148,6 +148,12 @@ class GatewayConfig:
     """Its tenant (KILN_DEMO_TENANT)."""
     max_body_bytes: int
     """Largest JSON body accepted (KILN_MAX_BODY_BYTES); larger answers 413."""
+    max_upload_bytes: int
+    """Largest file a multipart upload may carry (KILN_MAX_UPLOAD_BYTES); larger answers 413."""
+    call_timeout_seconds: float
+    """Deadline of each upstream unary gRPC call (KILN_GATEWAY_CALL_TIMEOUT_SECONDS)."""
+    shutdown_grace_seconds: float
+    """On SIGTERM, how long in-flight requests may run (KILN_SHUTDOWN_GRACE_SECONDS)."""
     log_level: str
     """Python logging level name."""
     log_format: str
@@ -181,6 +187,12 @@ GENERAL_VARIABLES: tuple[tuple[str, str, str], ...] = (
     ),
     ("KILN_DESCRIPTOR_SET", "gen/kiln.binpb", "Descriptor set the gateway builds routes from."),
     ("KILN_MAX_BODY_BYTES", "8388608", "Largest JSON body the gateway accepts."),
+    ("KILN_MAX_UPLOAD_BYTES", "5368709120", "Largest file a multipart upload may carry."),
+    (
+        "KILN_GATEWAY_CALL_TIMEOUT_SECONDS",
+        "30",
+        "Deadline of each gRPC call the gateway makes for a unary route.",
+    ),
     ("KILN_DEMO_CLIENT_ID", "demo", "Demo API client created at start; empty for none."),
     ("KILN_DEMO_CLIENT_SECRET", "demo-secret", "Secret of the demo client."),
     ("KILN_DEMO_TENANT", "demo", "Tenant of the demo client."),
@@ -320,6 +332,9 @@ def load_gateway_config(environ: Mapping[str, str] | None = None) -> GatewayConf
         demo_client_secret=env.text("KILN_DEMO_CLIENT_SECRET", "demo-secret"),
         demo_tenant=env.text("KILN_DEMO_TENANT", "demo"),
         max_body_bytes=env.integer("KILN_MAX_BODY_BYTES", 8 * 1024 * 1024),
+        max_upload_bytes=env.integer("KILN_MAX_UPLOAD_BYTES", 5 * 1024**3),
+        call_timeout_seconds=env.number("KILN_GATEWAY_CALL_TIMEOUT_SECONDS", 30.0),
+        shutdown_grace_seconds=env.number("KILN_SHUTDOWN_GRACE_SECONDS", 10.0),
         log_level=level,
         log_format=fmt,
     )

@@ -1,0 +1,13 @@
+"""Adapters, one module per source API, registered here explicitly.
+
+Each module maps what its documented API does beyond plain transcoding (multipart uploads,
+token endpoints, its own error body) onto the gRPC services, with no business logic.
+"""
+
+from gateway.apis import oauth2, scenario
+from gateway.apis.registry import ApiModule
+
+#: The APIs `build_app` installs by default, in precedence order.
+DEFAULT_APIS: tuple[ApiModule, ...] = (oauth2.API, scenario.API)
+
+__all__ = ["DEFAULT_APIS", "ApiModule"]

@@ -1,0 +1,184 @@
+"""Who is calling: Bearer tokens and Basic client credentials, checked at the edge.
+
+The services verify every call themselves; the gateway checks too so that a bad credential
+gets an exact 401 before any work, and so that Basic callers (Clara, Scenario) can be turned
+into a Bearer token the services accept. The tenant reaches the services only inside a token
+the gateway's key signed, never in a header a client could set.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import grpc
+
+from gateway.errors import ApiError
+from gateway.identity.store import ApiClient, ClientStore
+from services.runtime.auth import Principal, TokenSigner, TokenVerifier
+from services.runtime.errors import AuthError, TokenExpired
+
+REALM = "kiln"
+_BEARER_CHALLENGE = f'Bearer realm="{REALM}"'
+_BASIC_CHALLENGE = f'Basic realm="{REALM}"'
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated request: who it is, and the Bearer token to forward for it."""
+
+    principal: Principal
+    token: str
+
+
+def _quoted(text: str) -> str:
+    # auth-param values are quoted-strings: no quotes or backslashes inside (RFC 7235 §2.1).
+    return text.replace("\\", "'").replace('"', "'")
+
+
+def missing_credentials() -> ApiError:
+    """401 for a request without credentials: a bare challenge (RFC 6750 §3.1)."""
+    return ApiError(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "missing credentials: send 'Authorization: Bearer <token>' "
+        "or Basic client_id:client_secret",
+        reason="ERROR_REASON_MISSING_CREDENTIALS",
+        headers={"WWW-Authenticate": _BEARER_CHALLENGE},
+    )
+
+
+def invalid_token(message: str, *, expired: bool = False) -> ApiError:
+    """401 for a Bearer token that is malformed, tampered with, foreign or expired."""
+    return ApiError(
+        grpc.StatusCode.UNAUTHENTICATED,
+        message,
+        reason="ERROR_REASON_TOKEN_EXPIRED" if expired else "ERROR_REASON_INVALID_TOKEN",
+        headers={
+            "WWW-Authenticate": (
+                f'{_BEARER_CHALLENGE}, error="invalid_token", '
+                f'error_description="{_quoted(message)}"'
+            )
+        },
+        api_code="invalid_token",
+    )
+
+
+def invalid_client(message: str = "invalid client credentials") -> ApiError:
+    """401 for client credentials that do not authenticate (RFC 6749 §5.2 invalid_client)."""
+    return ApiError(
+        grpc.StatusCode.UNAUTHENTICATED,
+        message,
+        reason="ERROR_REASON_INVALID_TOKEN",
+        headers={"WWW-Authenticate": _BASIC_CHALLENGE},
+        api_code="invalid_client",
+    )
+
+
+def parse_basic(credentials: str) -> tuple[str, str]:
+    """`base64(client_id:secret)` → (client_id, secret); raises invalid_client()."""
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise invalid_client("malformed Basic credentials") from None
+    client_id, colon, secret = decoded.partition(":")
+    if not colon or not client_id or not secret:
+        raise invalid_client("Basic credentials must be client_id:client_secret")
+    return client_id, secret
+
+
+def split_authorization(header: str | None) -> tuple[str, str]:
+    """`Scheme credentials` → (lower-cased scheme, credentials); ("", "") when absent."""
+    if not header or not header.strip():
+        return "", ""
+    scheme, _, credentials = header.strip().partition(" ")
+    return scheme.lower(), credentials.strip()
+
+
+@dataclass
+class _Minted:
+    token: str
+    expires_at: float
+
+
+class Authenticator:
+    """Turns an Authorization header into a Caller, or raises a 401 ApiError."""
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        signer: TokenSigner,
+        clients: ClientStore,
+        *,
+        internal_ttl_seconds: int = 300,
+        refresh_before_seconds: int = 60,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.verifier = verifier
+        self.signer = signer
+        self.clients = clients
+        self._internal_ttl = internal_ttl_seconds
+        self._refresh_before = refresh_before_seconds
+        self._clock = clock
+        self._minted: dict[str, _Minted] = {}
+
+    async def authenticate(self, authorization: str | None) -> Caller:
+        """Accepts `Bearer <jwt>` or `Basic base64(client_id:secret)`."""
+        scheme, credentials = split_authorization(authorization)
+        if not scheme:
+            raise missing_credentials()
+        if scheme == "bearer":
+            if not credentials:
+                raise invalid_token("empty Bearer token")
+            try:
+                principal = self.verifier.verify(credentials)
+            except TokenExpired:
+                raise invalid_token("token expired", expired=True) from None
+            except AuthError as exc:
+                raise invalid_token(exc.message) from None
+            return Caller(principal=principal, token=credentials)
+        if scheme == "basic":
+            client = await self.client_from_basic(credentials)
+            return Caller(principal=_principal(client), token=self._internal_token(client))
+        raise invalid_token(f"unsupported authorization scheme {scheme!r}: use Bearer or Basic")
+
+    async def client_from_basic(self, credentials: str) -> ApiClient:
+        """The client whose `client_id:secret` these Basic credentials are; else 401."""
+        client_id, secret = parse_basic(credentials)
+        return await self.client_from_secret(client_id, secret)
+
+    async def client_from_secret(self, client_id: str, secret: str) -> ApiClient:
+        """The enabled client with this id and secret; else invalid_client()."""
+        client = await self.clients.verify(client_id, secret)
+        if client is None:
+            raise invalid_client()
+        return client
+
+    def issue(self, client: ApiClient, scopes: Iterable[str] | None = None) -> tuple[str, int]:
+        """A full-lifetime access token for `client` (the OAuth2 endpoints): (token, ttl)."""
+        granted = client.scopes if scopes is None else frozenset(scopes)
+        return self.signer.issue(
+            client_id=client.client_id, tenant=client.tenant, scopes=granted, now=self._clock()
+        )
+
+    def _internal_token(self, client: ApiClient) -> str:
+        """A short-lived token standing in for Basic credentials, reused until near expiry."""
+        now = self._clock()
+        minted = self._minted.get(client.client_id)
+        if minted is not None and minted.expires_at - now > self._refresh_before:
+            return minted.token
+        token, ttl = self.signer.issue(
+            client_id=client.client_id,
+            tenant=client.tenant,
+            scopes=client.scopes,
+            ttl_seconds=self._internal_ttl,
+            now=now,
+        )
+        self._minted[client.client_id] = _Minted(token, now + ttl)
+        return token
+
+
+def _principal(client: ApiClient) -> Principal:
+    return Principal(tenant=client.tenant, client_id=client.client_id, scopes=client.scopes)

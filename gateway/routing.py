@@ -1,0 +1,257 @@
+"""Routes of the gateway: one route type for transcoded methods, adapters and operations.
+
+Every route goes through the same steps: match the raw path against a google.api.http
+template (a trailing slash accepted), authenticate unless the endpoint is public, run the
+handler, and render any failure in the error shape registered for the path or service.
+Endpoints whose templates compile to the same pattern share one route, so a path that
+exists with another method answers 405 with `Allow`, not 404.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import grpc
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import Receive, Scope, Send
+
+from gateway._template import PathTemplate, parse_template
+from gateway.errors import ApiError
+from gateway.identity import Caller
+from gateway.upstream import service_key
+from services.runtime.context import principal_var
+
+if TYPE_CHECKING:
+    from gateway.core import Gateway
+
+log = logging.getLogger("kiln.gateway")
+
+#: Scope keys the gateway sets for its middleware (metrics, access log).
+SCOPE_ROUTE = "kiln.route"
+SCOPE_REQUEST_ID = "kiln.request_id"
+SCOPE_TENANT = "kiln.tenant"
+
+Handler = Callable[["RequestContext"], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One HTTP method on one path template, and what answers it."""
+
+    method: str
+    template: PathTemplate
+    handler: Handler
+    public: bool = False
+    """No authentication (health, metrics, the token endpoints)."""
+    service: str | None = None
+    """Full name of the proto service it calls, for error shapes registered per service."""
+    name: str = ""
+    """For logs: the RPC or adapter behind it."""
+
+
+def endpoint(
+    method: str,
+    template: str,
+    handler: Handler,
+    *,
+    public: bool = False,
+    service: str | None = None,
+    name: str = "",
+) -> Endpoint:
+    """An Endpoint from a template string (`/v1/assets/{asset_id}`)."""
+    return Endpoint(
+        method=method.upper(),
+        template=parse_template(template),
+        handler=handler,
+        public=public,
+        service=service,
+        name=name or template,
+    )
+
+
+@dataclass
+class RequestContext:
+    """What a handler gets: the request, its caller and the gateway's shared resources."""
+
+    request: Request
+    gateway: Gateway
+    endpoint: Endpoint
+    path_params: Mapping[str, str]
+    request_id: str
+    caller: Caller | None = None
+
+    def require_caller(self) -> Caller:
+        """The authenticated caller; only public endpoints have none."""
+        if self.caller is None:
+            raise RuntimeError(f"{self.endpoint.name} is public and has no caller")
+        return self.caller
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata for upstream calls: the caller's token and the request id."""
+        pairs = [("x-request-id", self.request_id)]
+        if self.caller is not None:
+            pairs.append(("authorization", f"Bearer {self.caller.token}"))
+        return tuple(pairs)
+
+    async def read_body(self, limit: int | None = None) -> bytes:
+        """The whole body, refused with 413 past `limit` (default: max_body_bytes)."""
+        limit = self.gateway.config.max_body_bytes if limit is None else limit
+        declared = self.request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise body_too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in self.request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise body_too_large(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def body_too_large(limit: int) -> ApiError:
+    """413 for a body past a configured limit."""
+    return ApiError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"request body exceeds the limit of {limit} bytes",
+        reason="ERROR_REASON_TOO_LARGE",
+        metadata={"limit": str(limit)},
+        http_status=413,
+    )
+
+
+def route_path(scope: Scope) -> str:
+    """The request path as sent (percent-encoded), without the app's root path."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else quote(scope["path"])
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :] or "/"
+    return path
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request id the middleware chose (or a fresh one outside the middleware)."""
+    request_id = scope.get(SCOPE_REQUEST_ID)
+    if not isinstance(request_id, str) or not request_id:
+        request_id = scope[SCOPE_REQUEST_ID] = uuid.uuid4().hex
+    return request_id
+
+
+class GatewayRoute(BaseRoute):
+    """Endpoints sharing one path pattern, each for its own HTTP method."""
+
+    def __init__(self, gateway: Gateway, endpoints: Sequence[Endpoint]) -> None:
+        self.gateway = gateway
+        self.template = endpoints[0].template
+        self.endpoints = {e.method: e for e in endpoints}
+
+    def __repr__(self) -> str:
+        return f"GatewayRoute({self.template.template!r}, {sorted(self.endpoints)})"
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        found = self.template.regex.fullmatch(route_path(scope))
+        if found is None:
+            return Match.NONE, {}
+        child = {"endpoint": self}
+        if scope["method"] in self.endpoints:
+            return Match.FULL, child
+        return Match.PARTIAL, child
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        chosen = self.endpoints.get(scope["method"])
+        if chosen is None:
+            allowed = sorted(self._allowed(scope))
+            error = ApiError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"method {scope['method']} is not allowed here; allowed: {', '.join(allowed)}",
+                http_status=405,
+                headers={"Allow": ", ".join(allowed)},
+            )
+            scope[SCOPE_ROUTE] = self.template.template
+            service = next(iter(self.endpoints.values())).service
+            response = self.gateway.shapes.render(error, scope["path"], service)
+        else:
+            scope[SCOPE_ROUTE] = chosen.template.template
+            response = await self._dispatch(chosen, request)
+        await response(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> set[str]:
+        """Methods of every route whose pattern matches this path, not only this one's."""
+        path = route_path(scope)
+        router = scope.get("router")
+        routes: Iterable[object] = getattr(router, "routes", [self])
+        allowed: set[str] = set()
+        for route in routes:
+            if isinstance(route, GatewayRoute) and route.template.regex.fullmatch(path):
+                allowed.update(route.endpoints)
+        return allowed
+
+    async def _dispatch(self, chosen: Endpoint, request: Request) -> Response:
+        scope = request.scope
+        params = chosen.template.match(route_path(scope)) or {}
+        scope["path_params"] = params
+        context = RequestContext(
+            request=request,
+            gateway=self.gateway,
+            endpoint=chosen,
+            path_params=params,
+            request_id=request_id_of(scope),
+        )
+        try:
+            if not chosen.public:
+                caller = await self.gateway.authenticator.authenticate(
+                    request.headers.get("authorization")
+                )
+                context.caller = caller
+                scope[SCOPE_TENANT] = caller.principal.tenant
+                principal_var.set(caller.principal)
+            return await chosen.handler(context)
+        except ApiError as exc:
+            return self.gateway.shapes.render(exc, scope["path"], chosen.service)
+        except grpc.aio.AioRpcError as exc:
+            upstream = ApiError.from_rpc_error(exc, service_key(chosen.service) or "upstream")
+            return self.gateway.shapes.render(upstream, scope["path"], chosen.service)
+        except ClientDisconnect:
+            # Nobody is listening; the status only shows in the access log and metrics.
+            return Response(status_code=499)
+        except Exception:
+            log.exception("unhandled error", extra={"endpoint": chosen.name})
+            internal = ApiError(grpc.StatusCode.INTERNAL, "internal error")
+            return self.gateway.shapes.render(internal, scope["path"], chosen.service)
+
+
+def build_routes(gateway: Gateway, endpoints: Iterable[Endpoint]) -> list[GatewayRoute]:
+    """Groups endpoints by pattern, most specific pattern first.
+
+    The first endpoint for a (method, pattern) wins, so explicit adapters listed before the
+    transcoded endpoints replace an annotated route with the same method and path.
+    """
+    groups: dict[str, list[Endpoint]] = {}
+    for candidate in endpoints:
+        group = groups.setdefault(candidate.template.pattern, [])
+        clash = next((e for e in group if e.method == candidate.method), None)
+        if clash is not None:
+            log.info(
+                "route already served; skipping",
+                extra={
+                    "method": candidate.method,
+                    "template": candidate.template.template,
+                    "kept": clash.name,
+                    "skipped": candidate.name,
+                },
+            )
+            continue
+        group.append(candidate)
+    ordered = sorted(groups.values(), key=lambda group: group[0].template.specificity)
+    return [GatewayRoute(gateway, group) for group in ordered]
