@@ -1,13 +1,14 @@
-"""Shared figures and output: latency percentiles, a printed table, a JSON file per benchmark."""
+"""Shared measuring and output: a timed request loop, percentiles, a table, a JSON file."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,28 @@ def percentile(samples: Sequence[float], q: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
+
+
+async def measure(
+    call: Callable[[], Awaitable[object]], requests: int, concurrency: int, *, warmup: int = 100
+) -> tuple[float, list[float]]:
+    """Runs `call` `requests` times from `concurrency` workers: (requests/s, latencies in s)."""
+    for _ in range(warmup):
+        await call()
+    latencies: list[float] = []
+    remaining = requests
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            began = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - began)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return requests / (time.perf_counter() - began), latencies
 
 
 def median(samples: Sequence[float]) -> float:

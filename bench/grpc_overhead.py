@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
-from bench._report import Figure, percentile, report, with_ratios
+from bench._report import Figure, measure, percentile, report, with_ratios
 from deploy.local.seaweed import free_port
 
 
@@ -69,26 +69,15 @@ async def drive(
     port: int, token: str, requests: int, concurrency: int
 ) -> tuple[float, list[float]]:
     metadata = (("authorization", f"Bearer {token}"),)
-    latencies: list[float] = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = jobs_pb2_grpc.JobServiceStub(channel)
         await channel.channel_ready()
-        for _ in range(200):  # warm-up
-            await stub.GetJob(jobs_pb2.GetJobRequest(job_id="warm"), metadata=metadata)
-        remaining = requests
+        request = jobs_pb2.GetJobRequest(job_id="j")
 
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                started = time.perf_counter()
-                await stub.GetJob(jobs_pb2.GetJobRequest(job_id="j"), metadata=metadata)
-                latencies.append(time.perf_counter() - started)
+        async def call() -> object:
+            return await stub.GetJob(request, metadata=metadata)
 
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
-    return requests / elapsed, latencies
+        return await measure(call, requests, concurrency, warmup=200)
 
 
 def wait_ready(port: int) -> None:
