@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kiln.objects.v1 import assets_pb2, assets_pb2_grpc
+from kiln.objects.v1 import (
+    assets_pb2,
+    assets_pb2_grpc,
+    clyman_pb2,
+    clyman_pb2_grpc,
+    objects_pb2,
+    objects_pb2_grpc,
+)
 
 from services.objects.assets import AssetCatalog
-from services.objects.servicer import AssetServicer
+from services.objects.clyman import ClymanServicer
+from services.objects.events import EventHub
+from services.objects.object_store import ObjectStore
+from services.objects.objects import ObjectCatalog
+from services.objects.servicer import AssetServicer, ObjectServicer
 from services.objects.store import AssetStore
 from services.runtime import db
 from services.runtime.config import ServiceConfig
@@ -22,17 +33,34 @@ async def build(config: ServiceConfig) -> Registration:
     await db.migrate(engine, "objects", MIGRATIONS)
     blobs = BlobStore(config.storage)
     await blobs.ensure_bucket()
-    catalog = AssetCatalog(AssetStore(db.sessionmaker(engine)), blobs)
+    sessions = db.sessionmaker(engine)
+    assets = AssetCatalog(AssetStore(sessions), blobs)
+    events = EventHub()
+    await events.start()
+    objects = ObjectCatalog(ObjectStore(sessions), events)
     registration = servicers(
         (
             assets_pb2,
             "AssetService",
             assets_pb2_grpc.add_AssetServiceServicer_to_server,
-            AssetServicer(catalog),
+            AssetServicer(assets),
+        ),
+        (
+            objects_pb2,
+            "ObjectService",
+            objects_pb2_grpc.add_ObjectServiceServicer_to_server,
+            ObjectServicer(objects),
+        ),
+        (
+            clyman_pb2,
+            "ClymanService",
+            clyman_pb2_grpc.add_ClymanServiceServicer_to_server,
+            ClymanServicer(objects),
         ),
     )
 
     async def close() -> None:
+        await events.close()
         await engine.dispose()
         await blobs.close()
 

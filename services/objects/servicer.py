@@ -1,15 +1,20 @@
-"""gRPC surface of the objects service: translates messages to the domain and back."""
+"""gRPC surfaces of the objects service (assets, objects): messages to the domain and back.
+CLyman's REST-shaped service is in clyman.py."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from kiln.objects.v1 import assets_pb2, assets_pb2_grpc
+from kiln.objects.v1 import assets_pb2, assets_pb2_grpc, objects_pb2, objects_pb2_grpc
 
 from services.objects.assets import AssetCatalog, UploadHeader
+from services.objects.object_store import STRING_FIELDS, ObjectQuery, ObjectRecord
+from services.objects.objects import ObjectCatalog, ObjectPatch, to_proto
 from services.objects.store import AssetRecord
+from services.objects.transform import build_transform
 from services.runtime.context import current_tenant
 from services.runtime.errors import InvalidArgument
 
@@ -86,3 +91,143 @@ class AssetServicer(assets_pb2_grpc.AssetServiceServicer):
     ) -> assets_pb2.DeleteAssetResponse:
         await self._catalog.delete(current_tenant(), request.asset_id)
         return assets_pb2.DeleteAssetResponse(asset_id=request.asset_id)
+
+
+def _placement(spec: objects_pb2.TransformInput, present: bool) -> list[float] | None:
+    """The transform a TransformInput asks for, or None when none was given."""
+    if not present:
+        return None
+    if len(spec.transform) == 16 and not any(
+        (spec.translation, spec.euler_rotation, spec.quaternion_rotation, spec.scale)
+    ):
+        return list(spec.transform)
+    return build_transform(
+        translation=list(spec.translation) or None,
+        euler_rotation=list(spec.euler_rotation) or None,
+        quaternion_rotation=list(spec.quaternion_rotation) or None,
+        scale=list(spec.scale) or None,
+    )
+
+
+def _handles(obj: objects_pb2.Object) -> dict[str, Any] | None:
+    found = {
+        name: [json_format.MessageToDict(h, preserving_proto_field_name=True) for h in handles]
+        for name, handles in (
+            ("translation", obj.translation_handle),
+            ("rotation", obj.rotation_handle),
+            ("scale", obj.scale_handle),
+        )
+        if handles
+    }
+    return found or None
+
+
+def _strings(obj: objects_pb2.Object) -> dict[str, str]:
+    return {name: getattr(obj, name) for name in STRING_FIELDS if getattr(obj, name)}
+
+
+class ObjectServicer(objects_pb2_grpc.ObjectServiceServicer):
+    """The idiomatic ObjectService over the same catalog as CLyman's REST surface."""
+
+    def __init__(self, catalog: ObjectCatalog) -> None:
+        self._catalog = catalog
+
+    async def CreateObjects(
+        self, request: objects_pb2.CreateObjectsRequest, context: grpc.aio.ServicerContext
+    ) -> objects_pb2.CreateObjectsResponse:
+        drafts = []
+        for item in request.objects:
+            obj = item.object
+            fields: dict[str, Any] = {k: v for k, v in _strings(obj).items() if k != "owner"}
+            drafts.append(
+                ObjectRecord(
+                    key="",
+                    tenant="",
+                    frame=obj.frame if obj.HasField("frame") else None,
+                    timestamp=obj.timestamp if obj.HasField("timestamp") else None,
+                    transform=_placement(item.placement, item.HasField("placement")) or [],
+                    assets=list(obj.assets),
+                    handles=_handles(obj),
+                    **fields,
+                )
+            )
+        records = await self._catalog.create(current_tenant(), drafts)
+        return objects_pb2.CreateObjectsResponse(objects=[to_proto(r) for r in records])
+
+    async def GetObject(
+        self, request: objects_pb2.GetObjectRequest, context: grpc.aio.ServicerContext
+    ) -> objects_pb2.GetObjectResponse:
+        record = await self._catalog.get(current_tenant(), request.key)
+        return objects_pb2.GetObjectResponse(object=to_proto(record))
+
+    async def UpdateObject(
+        self, request: objects_pb2.UpdateObjectRequest, context: grpc.aio.ServicerContext
+    ) -> objects_pb2.UpdateObjectResponse:
+        update = request.update
+        patch = ObjectPatch(
+            strings=_strings(update),
+            frame=update.frame if update.HasField("frame") else None,
+            timestamp=update.timestamp if update.HasField("timestamp") else None,
+            transform=_placement(request.placement, request.HasField("placement")),
+            add_assets=list(update.assets),
+            handles=_handles(update),
+        )
+        record = await self._catalog.update(current_tenant(), request.key, patch)
+        return objects_pb2.UpdateObjectResponse(object=to_proto(record))
+
+    async def DeleteObject(
+        self, request: objects_pb2.DeleteObjectRequest, context: grpc.aio.ServicerContext
+    ) -> objects_pb2.DeleteObjectResponse:
+        record = await self._catalog.delete(current_tenant(), request.key)
+        return objects_pb2.DeleteObjectResponse(key=record.key)
+
+    async def QueryObjects(
+        self, request: objects_pb2.QueryObjectsRequest, context: grpc.aio.ServicerContext
+    ) -> objects_pb2.QueryObjectsResponse:
+        queries = [
+            ObjectQuery(
+                strings={name: getattr(f, name) for name in STRING_FIELDS if getattr(f, name)},
+                frame=f.frame if f.HasField("frame") else None,
+                timestamp=f.timestamp if f.HasField("timestamp") else None,
+                assets=list(f.assets),
+            )
+            for f in request.filters
+        ]
+        records = await self._catalog.query(current_tenant(), queries, request.limit or None)
+        return objects_pb2.QueryObjectsResponse(objects=[to_proto(r) for r in records])
+
+    async def LockObject(
+        self, request: objects_pb2.LockObjectRequest, context: grpc.aio.ServicerContext
+    ) -> objects_pb2.LockObjectResponse:
+        record = await self._catalog.lock(
+            current_tenant(), request.key, request.device, request.lock_ttl_seconds
+        )
+        return objects_pb2.LockObjectResponse(object=to_proto(record))
+
+    async def UnlockObject(
+        self, request: objects_pb2.UnlockObjectRequest, context: grpc.aio.ServicerContext
+    ) -> objects_pb2.UnlockObjectResponse:
+        record = await self._catalog.unlock(current_tenant(), request.key, request.device)
+        return objects_pb2.UnlockObjectResponse(object=to_proto(record))
+
+    async def AddObjectAsset(
+        self, request: objects_pb2.AddObjectAssetRequest, context: grpc.aio.ServicerContext
+    ) -> objects_pb2.AddObjectAssetResponse:
+        record = await self._catalog.add_asset(
+            current_tenant(), request.object_key, request.asset_key
+        )
+        return objects_pb2.AddObjectAssetResponse(object=to_proto(record))
+
+    async def RemoveObjectAsset(
+        self, request: objects_pb2.RemoveObjectAssetRequest, context: grpc.aio.ServicerContext
+    ) -> objects_pb2.RemoveObjectAssetResponse:
+        record = await self._catalog.remove_asset(
+            current_tenant(), request.object_key, request.asset_key
+        )
+        return objects_pb2.RemoveObjectAssetResponse(object=to_proto(record))
+
+    async def Subscribe(
+        self, request: objects_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[objects_pb2.SubscribeResponse]:
+        async for event in self._catalog.events.subscribe(current_tenant(), request.scene):
+            yield objects_pb2.SubscribeResponse(event=event)

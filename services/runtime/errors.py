@@ -6,7 +6,13 @@
     │   └── TokenExpired   a once-valid token whose time has passed
     ├── NotFound           a resource does not exist for the caller's tenant
     ├── InvalidArgument    a request field failed validation
-    ├── TooLarge           a body or upload exceeds a configured limit
+    │   ├── MissingField   a required field is absent
+    │   └── MalformedBody  the body is not the JSON the route expects
+    ├── FailedPrecondition the resource is not in a state that allows the call
+    │   └── LockHeld       another device holds the object's lock
+    ├── ResourceExhausted  a limit was reached
+    │   ├── TooLarge       a body or upload exceeds a configured limit
+    │   └── FellBehind     a subscriber overflowed its queue and was dropped
     └── StorageError       the S3 store failed in a way the caller cannot fix
 
 Servicers raise these; `services.runtime.status` turns them into gRPC statuses with a
@@ -22,10 +28,14 @@ class KilnError(Exception):
     #: `kiln.common.v1.ErrorReason` name carried in ErrorInfo.reason.
     reason: str = "ERROR_REASON_UNSPECIFIED"
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, metadata: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        #: Extra ErrorInfo metadata an API's error shape may need (e.g. CLyman's msg_type).
+        self.metadata = dict(metadata or {})
 
 
 class ConfigError(KilnError):
@@ -62,10 +72,42 @@ class InvalidArgument(KilnError):
     reason = "ERROR_REASON_INVALID_FIELD"
 
 
-class TooLarge(KilnError):
+class MissingField(InvalidArgument):
+    """A required request field is absent."""
+
+    reason = "ERROR_REASON_MISSING_FIELD"
+
+
+class MalformedBody(InvalidArgument):
+    """The request body is not the JSON the route expects."""
+
+    reason = "ERROR_REASON_MALFORMED_BODY"
+
+
+class FailedPrecondition(KilnError):
+    """The resource is not in a state that allows the call."""
+
+
+class LockHeld(FailedPrecondition):
+    """Another device holds the object's lock."""
+
+    reason = "ERROR_REASON_LOCK_HELD"
+
+
+class ResourceExhausted(KilnError):
+    """A limit was reached."""
+
+
+class TooLarge(ResourceExhausted):
     """A body or upload exceeds a configured limit."""
 
     reason = "ERROR_REASON_TOO_LARGE"
+
+
+class FellBehind(ResourceExhausted):
+    """A subscriber overflowed its bounded queue and was dropped; it should resubscribe."""
+
+    reason = "ERROR_REASON_FELL_BEHIND"
 
 
 class StorageError(KilnError):

@@ -15,7 +15,8 @@ _CODES: tuple[tuple[type[errors.KilnError], grpc.StatusCode], ...] = (
     (errors.AuthError, grpc.StatusCode.UNAUTHENTICATED),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.StorageError, grpc.StatusCode.UNAVAILABLE),
 )
 
@@ -31,6 +32,7 @@ def to_status(error: errors.KilnError) -> grpc.Status:
     """Builds the status a servicer aborts with; the detail names reason and field."""
     code = grpc_code_for(error)
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
+    info.metadata.update(error.metadata)
     if error.field:
         info.metadata["field"] = error.field
     detail = any_pb2.Any()

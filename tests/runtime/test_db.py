@@ -37,8 +37,14 @@ async def test_migrations_are_idempotent_and_versioned_per_service(database_url:
         async with engine.connect() as conn:
             tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
             version = await conn.scalar(text("SELECT version_num FROM alembic_version_objects"))
-        assert {"assets", "alembic_version_objects"} <= tables
-        assert version == "0001"
+        assert {
+            "assets",
+            "objects",
+            "object_assets",
+            "properties",
+            "alembic_version_objects",
+        } <= tables
+        assert version == "0002"
     finally:
         await engine.dispose()
 

@@ -2,6 +2,7 @@
 
 from alembic import context
 
+from services.objects import object_store  # noqa: F401 - registers its tables
 from services.objects.store import Base
 from services.runtime.db import run_migrations
 

@@ -1,0 +1,454 @@
+"""SQL storage of CLyman objects and properties. Every statement is scoped by tenant.
+
+Writes are single statements with RETURNING (SQLite >= 3.35 and PostgreSQL both have it), so
+the row a change produced is the row its event carries. Read-modify-write changes (updates,
+asset edits) are optimistic: the UPDATE names the version it read and is retried when another
+writer got there first, which keeps per-object versions gap-free and strictly increasing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    and_,
+    delete,
+    exists,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
+
+from services.objects.store import Base
+
+STRING_FIELDS = ("name", "type", "subtype", "owner", "scene", "parent", "asset_sub_id")
+PROPERTY_STRING_FIELDS = ("name", "parent", "asset_sub_id", "scene")
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is not None and value.tzinfo is None:  # SQLite drops the zone; all times are UTC
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
+def assets_text(assets: Sequence[str]) -> str:
+    """Canonical text of an asset list, for CLyman's "several assets = equal" query rule."""
+    return json.dumps(list(assets), separators=(",", ":"))
+
+
+class ObjectRow(Base):
+    __tablename__ = "objects"
+    __table_args__ = tuple(
+        Index(f"ix_objects_tenant_{name}", "tenant", name)
+        for name in (*STRING_FIELDS, "frame", "timestamp", "assets_text")
+    )
+
+    key: Mapped[str] = mapped_column(String(24), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), nullable=False)
+    name: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    type: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    subtype: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    owner: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    scene: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    parent: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    asset_sub_id: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    frame: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    timestamp: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    transform: Mapped[list[float]] = mapped_column(JSON, nullable=False)
+    assets: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    assets_text: Mapped[str] = mapped_column(Text, nullable=False)
+    handles: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    lock_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class ObjectAssetRow(Base):
+    """One asset key of one object: makes "has this asset" an indexed lookup."""
+
+    __tablename__ = "object_assets"
+    __table_args__ = (Index("ix_object_assets_asset", "asset_key", "object_key"),)
+
+    object_key: Mapped[str] = mapped_column(
+        String(24), ForeignKey("objects.key", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    asset_key: Mapped[str] = mapped_column(String(255), nullable=False)
+
+
+class PropertyRow(Base):
+    __tablename__ = "properties"
+    __table_args__ = tuple(
+        Index(f"ix_properties_tenant_{name}", "tenant", name)
+        for name in (*PROPERTY_STRING_FIELDS, "frame", "timestamp")
+    )
+
+    key: Mapped[str] = mapped_column(String(24), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), nullable=False)
+    name: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    parent: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    asset_sub_id: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    scene: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    frame: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    timestamp: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    values: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+@dataclass(frozen=True)
+class ObjectRecord:
+    """One stored object."""
+
+    key: str
+    tenant: str
+    name: str = ""
+    type: str = ""
+    subtype: str = ""
+    owner: str = ""
+    scene: str = ""
+    parent: str = ""
+    asset_sub_id: str = ""
+    frame: int | None = None
+    timestamp: int | None = None
+    transform: list[float] = field(default_factory=list)
+    assets: list[str] = field(default_factory=list)
+    handles: dict[str, Any] | None = None
+    """{"translation": [...3], "rotation": [...4], "scale": [...3]} of handle dicts."""
+    lock_expires_at: dt.datetime | None = None
+    version: int = 1
+    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    updated_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+@dataclass(frozen=True)
+class PropertyRecord:
+    """One stored property."""
+
+    key: str
+    tenant: str
+    name: str = ""
+    parent: str = ""
+    asset_sub_id: str = ""
+    scene: str = ""
+    frame: int | None = None
+    timestamp: int | None = None
+    values: list[dict[str, Any]] = field(default_factory=list)
+    version: int = 1
+    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    updated_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+@dataclass(frozen=True)
+class ObjectQuery:
+    """One CLyman query object: every set field must match."""
+
+    strings: dict[str, str] = field(default_factory=dict)
+    frame: int | None = None
+    """None: only objects without a frame; negative: any frame; else that frame."""
+    timestamp: int | None = None
+    assets: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PropertyQuery:
+    """One property query: non-empty strings, and frame / timestamp only when given."""
+
+    strings: dict[str, str] = field(default_factory=dict)
+    frame: int | None = None
+    timestamp: int | None = None
+
+
+_OBJECT_COLUMNS = [c.key for c in ObjectRow.__table__.columns]
+_PROPERTY_COLUMNS = [c.key for c in PropertyRow.__table__.columns]
+
+
+def _object(row: Any) -> ObjectRecord:
+    values = {name: getattr(row, name) for name in _OBJECT_COLUMNS if name != "assets_text"}
+    for name in ("lock_expires_at", "created_at", "updated_at"):
+        values[name] = _utc(values[name])
+    values["transform"] = list(values["transform"])
+    values["assets"] = list(values["assets"])
+    return ObjectRecord(**values)
+
+
+def _property(row: Any) -> PropertyRecord:
+    values = {name: getattr(row, name) for name in _PROPERTY_COLUMNS}
+    for name in ("created_at", "updated_at"):
+        values[name] = _utc(values[name])
+    values["values"] = list(values["values"])
+    return PropertyRecord(**values)
+
+
+def _object_values(record: ObjectRecord) -> dict[str, Any]:
+    values = {name: getattr(record, name) for name in _OBJECT_COLUMNS if name != "assets_text"}
+    values["assets_text"] = assets_text(record.assets)
+    return values
+
+
+class VersionConflict(Exception):
+    """Another writer changed the object after it was read; read again and retry."""
+
+
+class ObjectStore:
+    """Objects and properties in the objects service's database."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    # --- objects ---------------------------------------------------------------------------
+
+    async def insert_objects(self, records: Sequence[ObjectRecord]) -> None:
+        """Stores every record in one transaction: all or none."""
+        async with self._sessions.begin() as session:
+            await session.execute(insert(ObjectRow), [_object_values(r) for r in records])
+            links = [
+                {"object_key": r.key, "position": i, "asset_key": a}
+                for r in records
+                for i, a in enumerate(r.assets)
+            ]
+            if links:
+                await session.execute(insert(ObjectAssetRow), links)
+
+    async def get_object(self, tenant: str, key: str) -> ObjectRecord | None:
+        async with self._sessions() as session:
+            row = await session.scalar(
+                select(ObjectRow).where(ObjectRow.tenant == tenant, ObjectRow.key == key)
+            )
+            return _object(row) if row else None
+
+    async def replace_object(self, before: ObjectRecord, after: ObjectRecord) -> ObjectRecord:
+        """Writes `after` if the row is still at `before.version`; raises VersionConflict."""
+        values = _object_values(replace(after, version=before.version + 1))
+        for fixed in ("key", "tenant", "created_at"):
+            values.pop(fixed)
+        async with self._sessions.begin() as session:
+            row = (
+                await session.execute(
+                    update(ObjectRow)
+                    .where(
+                        ObjectRow.tenant == before.tenant,
+                        ObjectRow.key == before.key,
+                        ObjectRow.version == before.version,
+                    )
+                    .values(**values)
+                    .returning(*ObjectRow.__table__.columns)
+                )
+            ).first()
+            if row is None:
+                raise VersionConflict(before.key)
+            if after.assets != before.assets:
+                await session.execute(
+                    delete(ObjectAssetRow).where(ObjectAssetRow.object_key == before.key)
+                )
+                if after.assets:
+                    await session.execute(
+                        insert(ObjectAssetRow),
+                        [
+                            {"object_key": before.key, "position": i, "asset_key": a}
+                            for i, a in enumerate(after.assets)
+                        ],
+                    )
+            return _object(row)
+
+    async def delete_object(self, tenant: str, key: str) -> ObjectRecord | None:
+        async with self._sessions.begin() as session:
+            await session.execute(delete(ObjectAssetRow).where(ObjectAssetRow.object_key == key))
+            row = (
+                await session.execute(
+                    delete(ObjectRow)
+                    .where(ObjectRow.tenant == tenant, ObjectRow.key == key)
+                    .returning(*ObjectRow.__table__.columns)
+                )
+            ).first()
+            return _object(row) if row else None
+
+    async def try_lock(
+        self, tenant: str, key: str, device: str, now: dt.datetime, expires: dt.datetime | None
+    ) -> ObjectRecord | None:
+        """Takes the lock in one statement: free, or lapsed. None when someone else holds it
+        (or the object does not exist)."""
+        async with self._sessions.begin() as session:
+            row = (
+                await session.execute(
+                    update(ObjectRow)
+                    .where(
+                        ObjectRow.tenant == tenant,
+                        ObjectRow.key == key,
+                        or_(
+                            ObjectRow.owner == "",
+                            and_(
+                                ObjectRow.lock_expires_at.is_not(None),
+                                ObjectRow.lock_expires_at <= now,
+                            ),
+                        ),
+                    )
+                    .values(
+                        owner=device,
+                        lock_expires_at=expires,
+                        version=ObjectRow.version + 1,
+                        updated_at=now,
+                    )
+                    .returning(*ObjectRow.__table__.columns)
+                )
+            ).first()
+            return _object(row) if row else None
+
+    async def try_unlock(
+        self, tenant: str, key: str, device: str, now: dt.datetime
+    ) -> ObjectRecord | None:
+        """Releases the lock only for its holder; None otherwise."""
+        async with self._sessions.begin() as session:
+            row = (
+                await session.execute(
+                    update(ObjectRow)
+                    .where(
+                        ObjectRow.tenant == tenant,
+                        ObjectRow.key == key,
+                        ObjectRow.owner == device,
+                        ObjectRow.owner != "",
+                    )
+                    .values(
+                        owner="",
+                        lock_expires_at=None,
+                        version=ObjectRow.version + 1,
+                        updated_at=now,
+                    )
+                    .returning(*ObjectRow.__table__.columns)
+                )
+            ).first()
+            return _object(row) if row else None
+
+    async def query_objects(
+        self, tenant: str, queries: Sequence[ObjectQuery], limit: int
+    ) -> list[ObjectRecord]:
+        """CLyman's rules: AND within a query, OR across them, at most `limit` rows."""
+        if not queries or limit <= 0:
+            return []
+        clauses = [and_(true(), *self._object_conditions(q)) for q in queries]
+        statement = (
+            select(ObjectRow)
+            .where(ObjectRow.tenant == tenant, or_(*clauses))
+            .order_by(ObjectRow.key)
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return [_object(row) for row in await session.scalars(statement)]
+
+    @staticmethod
+    def _object_conditions(query: ObjectQuery) -> list[ColumnElement[bool]]:
+        conditions: list[ColumnElement[bool]] = [
+            getattr(ObjectRow, name) == value for name, value in query.strings.items() if value
+        ]
+        # CLyman's frame rule: without a frame, only objects stored without one match; a
+        # negative frame takes no part in the query.
+        if query.frame is None:
+            conditions.append(ObjectRow.frame.is_(None))
+        elif query.frame >= 0:
+            conditions.append(ObjectRow.frame == query.frame)
+        if query.timestamp is not None:
+            conditions.append(ObjectRow.timestamp == query.timestamp)
+        if len(query.assets) == 1:
+            conditions.append(
+                exists().where(
+                    ObjectAssetRow.object_key == ObjectRow.key,
+                    ObjectAssetRow.asset_key == query.assets[0],
+                )
+            )
+        elif len(query.assets) > 1:
+            conditions.append(ObjectRow.assets_text == assets_text(query.assets))
+        return conditions
+
+    # --- properties ------------------------------------------------------------------------
+
+    async def insert_properties(self, records: Sequence[PropertyRecord]) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(
+                insert(PropertyRow),
+                [{name: getattr(r, name) for name in _PROPERTY_COLUMNS} for r in records],
+            )
+
+    async def get_property(self, tenant: str, key: str) -> PropertyRecord | None:
+        async with self._sessions() as session:
+            row = await session.scalar(
+                select(PropertyRow).where(PropertyRow.tenant == tenant, PropertyRow.key == key)
+            )
+            return _property(row) if row else None
+
+    async def replace_property(
+        self, before: PropertyRecord, after: PropertyRecord
+    ) -> PropertyRecord:
+        values = {name: getattr(after, name) for name in _PROPERTY_COLUMNS}
+        values["version"] = before.version + 1
+        for fixed in ("key", "tenant", "created_at"):
+            values.pop(fixed)
+        async with self._sessions.begin() as session:
+            row = (
+                await session.execute(
+                    update(PropertyRow)
+                    .where(
+                        PropertyRow.tenant == before.tenant,
+                        PropertyRow.key == before.key,
+                        PropertyRow.version == before.version,
+                    )
+                    .values(**values)
+                    .returning(*PropertyRow.__table__.columns)
+                )
+            ).first()
+            if row is None:
+                raise VersionConflict(before.key)
+            return _property(row)
+
+    async def delete_property(self, tenant: str, key: str) -> PropertyRecord | None:
+        async with self._sessions.begin() as session:
+            row = (
+                await session.execute(
+                    delete(PropertyRow)
+                    .where(PropertyRow.tenant == tenant, PropertyRow.key == key)
+                    .returning(*PropertyRow.__table__.columns)
+                )
+            ).first()
+            return _property(row) if row else None
+
+    async def query_properties(
+        self, tenant: str, queries: Sequence[PropertyQuery], limit: int
+    ) -> list[PropertyRecord]:
+        if not queries or limit <= 0:
+            return []
+        clauses = []
+        for q in queries:
+            conditions: list[ColumnElement[bool]] = [
+                getattr(PropertyRow, name) == value for name, value in q.strings.items() if value
+            ]
+            if q.frame is not None:
+                conditions.append(PropertyRow.frame == q.frame)
+            if q.timestamp is not None:
+                conditions.append(PropertyRow.timestamp == q.timestamp)
+            clauses.append(and_(true(), *conditions))
+        statement = (
+            select(PropertyRow)
+            .where(PropertyRow.tenant == tenant, or_(*clauses))
+            .order_by(PropertyRow.key)
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return [_property(row) for row in await session.scalars(statement)]
