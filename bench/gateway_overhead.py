@@ -2,8 +2,9 @@
 against the same read as `GET /v1/assets/{id}` through the gateway, on the suite `make up`
 starts (separate processes, SQLite, SeaweedFS), in one run.
 
-Both clients are Python (grpc.aio and httpx over keep-alive connections) in this process, so
-at high concurrency the figures are partly client-bound; the ratio compares like with like.
+Both clients run in this process: grpc.aio for the direct calls, and for HTTP a minimal
+keep-alive HTTP/1.1 client (bench/_http.py), so that the HTTP client costs about what the gRPC
+client costs and the ratio measures the gateway, not the client library.
 
     python -m bench.gateway_overhead [--requests 2000] [--concurrency 1 32]
 """
@@ -22,6 +23,7 @@ import grpc
 import httpx
 from kiln.objects.v1 import assets_pb2, assets_pb2_grpc
 
+from bench._http import Pool
 from bench._report import Figure, measure, percentile, report, with_ratios
 from deploy.local.seaweed import free_port
 
@@ -63,11 +65,14 @@ async def run(env: dict[str, str], requests: int, levels: list[int]) -> list[Fig
             async def direct() -> object:
                 return await stub.GetAsset(request, metadata=metadata)
 
+            pool = Pool("127.0.0.1", int(env["KILN_GATEWAY_PORT"]), headers)
+            path = f"/v1/assets/{asset_id}"
+
             async def through_gateway() -> object:
-                response = await http.get(f"/v1/assets/{asset_id}", headers=headers)
-                if response.status_code != 200:
-                    raise RuntimeError(response.text)
-                return response
+                reply = await pool.request("GET", path)
+                if reply.status != 200:
+                    raise RuntimeError(reply.body.decode())
+                return reply
 
             for concurrency in levels:
                 for variant, call in (("direct-grpc", direct), ("via-gateway", through_gateway)):
@@ -82,6 +87,7 @@ async def run(env: dict[str, str], requests: int, levels: list[int]) -> list[Fig
                             p99_ms=round(percentile(latencies, 0.99) * 1000, 3),
                         )
                     )
+            await pool.close()
     return figures
 
 
@@ -105,7 +111,7 @@ def main() -> None:
         {
             "requests": args.requests,
             "suite": "make up layout: separate processes, SQLite, SeaweedFS",
-            "clients": "grpc.aio and httpx (HTTP/1.1 keep-alive) in one process",
+            "clients": "grpc.aio and bench/_http.py (HTTP/1.1 keep-alive) in one process",
         },
     )
 
