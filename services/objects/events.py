@@ -71,13 +71,15 @@ class EventHub:
             sub.queue.get_nowait()
         sub.queue.put_nowait(None)
 
-    async def subscribe(
-        self, tenant: str, scene: str = ""
-    ) -> AsyncIterator[objects_pb2.ObjectEvent]:
-        """Yields events until the caller stops; raises FellBehind on overflow."""
+    def subscribe(self, tenant: str, scene: str = "") -> AsyncIterator[objects_pb2.ObjectEvent]:
+        """Registers a subscriber now (events published from here on reach it), and returns
+        the iterator of its events; it raises FellBehind on overflow."""
         sub = _Subscriber(tenant=tenant, scene=scene, queue=asyncio.Queue(self._queue_size))
         self._subscribers.add(sub)
         SUBSCRIBERS.inc()
+        return self._drain(sub)
+
+    async def _drain(self, sub: _Subscriber) -> AsyncIterator[objects_pb2.ObjectEvent]:
         try:
             while True:
                 event = await sub.queue.get()

@@ -229,5 +229,9 @@ class ObjectServicer(objects_pb2_grpc.ObjectServiceServicer):
     async def Subscribe(
         self, request: objects_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[objects_pb2.SubscribeResponse]:
-        async for event in self._catalog.events.subscribe(current_tenant(), request.scene):
+        events = self._catalog.events.subscribe(current_tenant(), request.scene)
+        # Initial metadata tells the client the subscription is registered: every change
+        # committed after it arrives is delivered.
+        await context.send_initial_metadata(())
+        async for event in events:
             yield objects_pb2.SubscribeResponse(event=event)

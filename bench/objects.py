@@ -1,0 +1,287 @@
+"""Objects (CLyman) throughput, latency and event delivery.
+
+1. create, get, update and query at concurrency 32: (a) direct gRPC to ClymanService, (b) the
+   same CLyman REST call through the gateway, in one run, with the ratio b/a;
+2. update -> event latency with 100 subscribers on the objects service's stream;
+3. sustained persisted updates per second (ObjectService.UpdateObject at c=32).
+
+The suite runs in the `make up` layout (separate processes) started by the launcher; with
+`--postgres` the objects service uses a private PostgreSQL database (created and dropped).
+
+    python -m bench.objects [--requests 2000] [--postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+from google.protobuf import struct_pb2
+from kiln.objects.v1 import clyman_pb2, clyman_pb2_grpc, objects_pb2, objects_pb2_grpc
+
+from bench._http import Pool
+from bench._report import Figure, measure, percentile, report, with_ratios
+from bench.gateway_overhead import suite_env
+
+SEED_OBJECT = {
+    "name": "bench",
+    "type": "Mesh",
+    "subtype": "Cube",
+    "scene": "bench-scene",
+    "translation": [0, 0, 1],
+    "scale": [1, 1, 2],
+    "assets": ["Asset_5"],
+}
+
+
+def struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(value)
+    return out
+
+
+def figure(case: str, variant: str, qps: float, latencies: list[float]) -> Figure:
+    return Figure(
+        case=case,
+        variant=variant,
+        value=round(qps, 1),
+        unit="req/s",
+        p50_ms=round(percentile(latencies, 0.5) * 1000, 3),
+        p99_ms=round(percentile(latencies, 0.99) * 1000, 3),
+    )
+
+
+async def throughput(env: dict[str, str], token: str, requests: int, c: int) -> list[Figure]:
+    metadata = (("authorization", f"Bearer {token}"),)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    pool = Pool("127.0.0.1", int(env["KILN_GATEWAY_PORT"]), headers)
+    figures: list[Figure] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{env['KILN_OBJECTS_PORT']}") as channel:
+        stub = clyman_pb2_grpc.ClymanServiceStub(channel)
+        created = await stub.CreateObjects(
+            clyman_pb2.ClymanBodyRequest(body=struct({"objects": [SEED_OBJECT]})), metadata=metadata
+        )
+        key = created.objects[0].key
+        create_body = struct({"objects": [SEED_OBJECT]})
+        update_body = struct({"objects": [{"name": "moved", "translation": [1, 2, 3]}]})
+        query_body = struct({"objects": [{"scene": "bench-scene"}], "num_records": 10})
+        create_json = json.dumps({"objects": [SEED_OBJECT]}).encode()
+        update_json = json.dumps(
+            {"objects": [{"name": "moved", "translation": [1, 2, 3]}]}
+        ).encode()
+        query_json = json.dumps({"objects": [{"scene": "bench-scene"}], "num_records": 10}).encode()
+
+        async def ok(method: str, path: str, body: bytes = b"") -> None:
+            reply = await pool.request(method, path, body)
+            if reply.status != 200:
+                raise RuntimeError(f"{method} {path}: {reply.status} {reply.body[:200]!r}")
+
+        cases = {
+            "create": (
+                lambda: stub.CreateObjects(
+                    clyman_pb2.ClymanBodyRequest(body=create_body), metadata=metadata
+                ),
+                lambda: ok("POST", "/v1/object", create_json),
+            ),
+            "get": (
+                lambda: stub.GetObject(clyman_pb2.ClymanKeyRequest(key=key), metadata=metadata),
+                lambda: ok("GET", f"/v1/object/{key}"),
+            ),
+            "update": (
+                lambda: stub.UpdateObject(
+                    clyman_pb2.ClymanKeyedBodyRequest(key=key, body=update_body),
+                    metadata=metadata,
+                ),
+                lambda: ok("POST", f"/v1/object/{key}", update_json),
+            ),
+            "query": (
+                lambda: stub.QueryObjects(
+                    clyman_pb2.ClymanBodyRequest(body=query_body), metadata=metadata
+                ),
+                lambda: ok("POST", "/v1/object/query", query_json),
+            ),
+        }
+        for name, (direct, gateway) in cases.items():
+            for variant, call in (("direct-grpc", direct), ("via-gateway", gateway)):
+                qps, latencies = await measure(call, requests, c, warmup=50)
+                figures.append(figure(f"{name} c={c}", variant, qps, latencies))
+    await pool.close()
+    return figures
+
+
+async def event_latency(env: dict[str, str], token: str, subscribers: int, updates: int) -> Figure:
+    """Time from sending an update to its event arriving on each of `subscribers` streams."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    scene = f"latency-{uuid.uuid4().hex[:6]}"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{env['KILN_OBJECTS_PORT']}") as channel:
+        stub = objects_pb2_grpc.ObjectServiceStub(channel)
+        created = await stub.CreateObjects(
+            objects_pb2.CreateObjectsRequest(
+                objects=[objects_pb2.ObjectInput(object=objects_pb2.Object(name="e", scene=scene))]
+            ),
+            metadata=metadata,
+        )
+        key = created.objects[0].key
+        sent: dict[int, float] = {}
+        latencies: list[float] = []
+        ready = 0
+        all_ready = asyncio.Event()
+
+        async def listen() -> None:
+            nonlocal ready
+            stream = stub.Subscribe(objects_pb2.SubscribeRequest(scene=scene), metadata=metadata)
+            await stream.wait_for_connection()
+            ready += 1
+            if ready == subscribers:
+                all_ready.set()
+            seen = 0
+            async for message in stream:
+                version = message.event.version
+                if version in sent:
+                    latencies.append(time.perf_counter() - sent[version])
+                    seen += 1
+                    if seen == updates:
+                        stream.cancel()
+                        return
+
+        listeners = [asyncio.create_task(listen()) for _ in range(subscribers)]
+        await asyncio.wait_for(all_ready.wait(), 30)
+        await asyncio.sleep(0.5)  # every stream registered on the server
+        for i in range(updates):
+            # The create was version 1; with no other writer, update i makes version i + 2.
+            # The clock starts before the call: the latency includes the write itself.
+            sent[i + 2] = time.perf_counter()
+            await stub.UpdateObject(
+                objects_pb2.UpdateObjectRequest(key=key, update=objects_pb2.Object(name=f"n{i}")),
+                metadata=metadata,
+            )
+            await asyncio.sleep(0.02)
+        await asyncio.wait_for(asyncio.gather(*listeners), 60)
+    return Figure(
+        case=f"update->event, {subscribers} subscribers",
+        variant="grpc-stream",
+        value=round(len(latencies) / updates, 1),
+        unit="deliveries/update",
+        p50_ms=round(percentile(latencies, 0.5) * 1000, 3),
+        p99_ms=round(percentile(latencies, 0.99) * 1000, 3),
+    )
+
+
+async def sustained_updates(env: dict[str, str], token: str, seconds: float, c: int) -> Figure:
+    metadata = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{env['KILN_OBJECTS_PORT']}") as channel:
+        stub = objects_pb2_grpc.ObjectServiceStub(channel)
+        created = await stub.CreateObjects(
+            objects_pb2.CreateObjectsRequest(
+                objects=[
+                    objects_pb2.ObjectInput(object=objects_pb2.Object(name=f"s{i}"))
+                    for i in range(c)
+                ]
+            ),
+            metadata=metadata,
+        )
+        keys = [o.key for o in created.objects]
+        done = 0
+        latencies: list[float] = []
+        deadline = time.perf_counter() + seconds
+
+        async def worker(key: str) -> None:
+            nonlocal done
+            i = 0
+            while time.perf_counter() < deadline:
+                began = time.perf_counter()
+                await stub.UpdateObject(
+                    objects_pb2.UpdateObjectRequest(
+                        key=key,
+                        update=objects_pb2.Object(name=f"v{i}"),
+                        placement=objects_pb2.TransformInput(translation=[i, 0, 0]),
+                    ),
+                    metadata=metadata,
+                )
+                latencies.append(time.perf_counter() - began)
+                done += 1
+                i += 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in keys))
+        elapsed = time.perf_counter() - began
+    return figure(f"sustained updates c={c}", "persisted", done / elapsed, latencies)
+
+
+async def run(env: dict[str, str], args: argparse.Namespace) -> list[Figure]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{env['KILN_GATEWAY_PORT']}") as http:
+        reply = await http.post("/oauth2/application_token", auth=("demo", "demo-secret"))
+        token = reply.raise_for_status().json()["access_token"]
+    figures = await throughput(env, token, args.requests, 32)
+    figures = with_ratios(figures, "direct-grpc")
+    figures.append(await event_latency(env, token, args.subscribers, args.updates))
+    figures.append(await sustained_updates(env, token, args.seconds, 32))
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--subscribers", type=int, default=100)
+    parser.add_argument("--updates", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--postgres", action="store_true", help="objects on PostgreSQL")
+    args = parser.parse_args()
+    env = suite_env(Path(tempfile.mkdtemp(prefix="kiln-bench-objects-")))
+    database = None
+    if args.postgres:
+        database = f"kiln_bench_{uuid.uuid4().hex[:8]}"
+        subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f'CREATE DATABASE "{database}"'],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        env["KILN_OBJECTS_DATABASE_URL"] = (
+            f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}"
+        )
+    launcher = [sys.executable, "-m", "deploy.local.launcher"]
+    subprocess.run([*launcher, "--detach"], env=env, check=True, stdout=subprocess.DEVNULL)
+    try:
+        figures = asyncio.run(run(env, args))
+    finally:
+        subprocess.run([*launcher, "--stop"], env=env, check=False, stdout=subprocess.DEVNULL)
+        if database:
+            subprocess.run(
+                [
+                    "psql",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-c",
+                    f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
+                ],
+                check=False,
+                stdout=subprocess.DEVNULL,
+            )
+    report(
+        "objects_postgres" if args.postgres else "objects",
+        figures,
+        {
+            "requests": args.requests,
+            "database": "PostgreSQL" if args.postgres else "SQLite",
+            "suite": "make up layout: separate processes",
+            "clients": "grpc.aio and bench/_http.py in one process",
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
