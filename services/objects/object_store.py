@@ -22,8 +22,10 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     and_,
+    bindparam,
     delete,
     exists,
     insert,
@@ -205,6 +207,25 @@ def _object_values(record: ObjectRecord) -> dict[str, Any]:
     return values
 
 
+# The hot statements are built once with bind parameters: building a SQLAlchemy statement
+# costs more than running it, and these run on every read and write of an object.
+_OBJECTS: Table = ObjectRow.__table__  # type: ignore[assignment]
+_MUTABLE = [c for c in _OBJECT_COLUMNS if c not in ("key", "tenant", "created_at")]
+_GET_OBJECT = select(_OBJECTS).where(
+    _OBJECTS.c.tenant == bindparam("b_tenant"), _OBJECTS.c.key == bindparam("b_key")
+)
+_REPLACE_OBJECT = (
+    update(_OBJECTS)
+    .where(
+        _OBJECTS.c.tenant == bindparam("b_tenant"),
+        _OBJECTS.c.key == bindparam("b_key"),
+        _OBJECTS.c.version == bindparam("b_version"),
+    )
+    .values({name: bindparam(name) for name in _MUTABLE})
+    .returning(*_OBJECTS.c)
+)
+
+
 class VersionConflict(Exception):
     """Another writer changed the object after it was read; read again and retry."""
 
@@ -231,29 +252,16 @@ class ObjectStore:
 
     async def get_object(self, tenant: str, key: str) -> ObjectRecord | None:
         async with self._sessions() as session:
-            row = await session.scalar(
-                select(ObjectRow).where(ObjectRow.tenant == tenant, ObjectRow.key == key)
-            )
+            row = (await session.execute(_GET_OBJECT, {"b_tenant": tenant, "b_key": key})).first()
             return _object(row) if row else None
 
     async def replace_object(self, before: ObjectRecord, after: ObjectRecord) -> ObjectRecord:
         """Writes `after` if the row is still at `before.version`; raises VersionConflict."""
         values = _object_values(replace(after, version=before.version + 1))
-        for fixed in ("key", "tenant", "created_at"):
-            values.pop(fixed)
+        params = {name: values[name] for name in _MUTABLE}
+        params.update(b_tenant=before.tenant, b_key=before.key, b_version=before.version)
         async with self._sessions.begin() as session:
-            row = (
-                await session.execute(
-                    update(ObjectRow)
-                    .where(
-                        ObjectRow.tenant == before.tenant,
-                        ObjectRow.key == before.key,
-                        ObjectRow.version == before.version,
-                    )
-                    .values(**values)
-                    .returning(*ObjectRow.__table__.columns)
-                )
-            ).first()
+            row = (await session.execute(_REPLACE_OBJECT, params)).first()
             if row is None:
                 raise VersionConflict(before.key)
             if after.assets != before.assets:
