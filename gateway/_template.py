@@ -10,6 +10,10 @@
 Templates match the raw (still percent-encoded) request path, so an encoded `/` inside a
 single-segment variable cannot split it; captured values are decoded afterwards. A trailing
 slash is accepted on every template.
+
+Where several templates match one path, the most specific wins, decided segment by segment
+from the left: a literal beats a variable, a one-segment variable beats `**`. So
+`/v1/object/query` always beats `/v1/object/{key}`, whatever order the protos declare them in.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from urllib.parse import unquote
 _FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _LITERAL = re.compile(r"[^/{}*]+")
 _ENCODED_SLASH = re.compile("%2f", re.IGNORECASE)
+
+# Kinds of path segment, by precedence at one position: lower wins.
+LITERAL, SINGLE, DEEP = 0, 1, 2
 
 
 class TemplateError(ValueError):
@@ -50,15 +57,26 @@ class PathTemplate:
     literal_segments: int
     deep_wildcards: int
     segments: int
+    segment_kinds: tuple[int, ...] = ()
+    """LITERAL, SINGLE or DEEP per path segment, variables' own patterns expanded."""
 
     @property
     def regex(self) -> re.Pattern[str]:
         return _compile(self.pattern)
 
     @property
-    def specificity(self) -> tuple[int, int, int, int]:
-        """Sort key: verbs first, then more literal segments, fewer `**`, more segments."""
-        return (0 if self.verb else 1, -self.literal_segments, self.deep_wildcards, -self.segments)
+    def specificity(self) -> tuple[int, tuple[int, ...], str]:
+        """Sort key, most specific first: templates with a verb, then segment by segment from
+        the left a literal before a variable before `**`; the pattern breaks the remaining
+        ties, so the order never depends on declaration order.
+
+        Comparing position by position (not counting literals) is what makes a literal win
+        where it matters: `/v1/shelves/{id}/x` beats `/v1/{name}/books/x` on `/v1/shelves/
+        books/x` although both have three literals. Two templates with equal kinds but
+        different literals never match the same path, and a prefix of another template's
+        kinds only matches paths of its own length unless it ends in `**` (which sorts last).
+        """
+        return (0 if self.verb else 1, self.segment_kinds, self.pattern)
 
     def match(self, raw_path: str) -> dict[str, str] | None:
         """Decoded values by field path when `raw_path` matches, else None."""
@@ -139,19 +157,23 @@ class _Compiler:
         self.literals = 0
         self.deep = 0
         self.segments = 0
+        self.kinds: list[int] = []
 
     def segment(self, segment: str, *, last: bool) -> tuple[str, bool]:
         """Regex of one plain segment, and whether it spans several path segments."""
         if segment == "*":
+            self.kinds.append(SINGLE)
             return "[^/]+", False
         if segment == "**":
             if not last:
                 raise TemplateError(f"{self.template!r}: '**' must be the last segment")
             self.deep += 1
+            self.kinds.append(DEEP)
             return ".+?", True
         if not segment or not _LITERAL.fullmatch(segment):
             raise TemplateError(f"{self.template!r}: bad segment {segment!r}")
         self.literals += 1
+        self.kinds.append(LITERAL)
         return re.escape(segment), False
 
     def variable(self, segment: str, *, last: bool) -> str:
@@ -202,4 +224,5 @@ def parse_template(template: str) -> PathTemplate:
         literal_segments=compiler.literals,
         deep_wildcards=compiler.deep,
         segments=compiler.segments,
+        segment_kinds=tuple(compiler.kinds),
     )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import dataclasses
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -15,7 +16,7 @@ from gateway.core import Gateway, Limits
 from gateway.errors import ErrorShapes
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import ObservabilityMiddleware, http_exception_handler
-from gateway.routing import build_routes
+from gateway.routing import Endpoint, build_routes
 from gateway.transcoding import http_bindings, load_descriptor_set, transcoded_endpoints
 from services.runtime.config import GatewayConfig
 from services.runtime.errors import ConfigError
@@ -30,10 +31,14 @@ def build_app(
 ) -> Starlette:
     """Builds the HTTP/JSON gateway for `config`.
 
-    Routes come from, in precedence order: `/health` and `/metrics`; each API module's
-    explicit endpoints (`apis`, by default OAuth2 tokens and Scenario's multipart upload);
-    then every `google.api.http` binding in `config.descriptor_set`. A bad descriptor set or
-    annotation raises ConfigError here, before anything listens.
+    Routes come from, in precedence order for one method on one template: `/health` and
+    `/metrics`; each API module's explicit endpoints (`apis`, by default OAuth2 tokens,
+    Scenario's multipart upload and CLyman's event stream); then every `google.api.http`
+    binding in `config.descriptor_set`. Where different templates match one path, the most
+    specific wins (a literal segment beats a variable), whatever their source or order. An
+    API module with an anonymous tenant opens its own endpoints and the annotated routes of
+    its proto services to requests without credentials. A bad descriptor set or annotation
+    raises ConfigError here, before anything listens.
 
     Nothing opens until the app's lifespan starts: it loads the JWT keys, migrates the client
     store, creates the demo client, and opens one gRPC channel per service; shutdown closes
@@ -53,8 +58,8 @@ def build_app(
         gateway,
         [
             *ops.endpoints(),
-            *(each for api in apis for each in api.endpoints()),
-            *transcoded_endpoints(bindings, config.targets),
+            *_api_endpoints(config, apis),
+            *_claimed(config, apis, transcoded_endpoints(bindings, config.targets)),
         ],
     )
 
@@ -77,3 +82,39 @@ def build_app(
     app.router.redirect_slashes = False
     app.state.gateway = gateway
     return app
+
+
+def _api_endpoints(config: GatewayConfig, apis: Sequence[ApiModule]) -> list[Endpoint]:
+    """Every API module's explicit endpoints, open to its anonymous tenant where it has one."""
+    found: list[Endpoint] = []
+    for api in apis:
+        tenant = api.anonymous_tenant(config)
+        found.extend(
+            dataclasses.replace(each, anonymous_tenant=tenant)
+            if tenant and not each.public
+            else each
+            for each in api.endpoints()
+        )
+    return found
+
+
+def _claimed(
+    config: GatewayConfig, apis: Sequence[ApiModule], endpoints: Iterable[Endpoint]
+) -> list[Endpoint]:
+    """Transcoded endpoints, open to the anonymous tenant of the API claiming their service.
+
+    The descriptor set knows nothing of credentials: an API module claims annotated routes by
+    proto service (`proto_services`), and its anonymous tenant applies to them too.
+    """
+    by_service = {
+        service: tenant
+        for api in apis
+        if (tenant := api.anonymous_tenant(config))
+        for service in api.proto_services
+    }
+    return [
+        dataclasses.replace(each, anonymous_tenant=by_service[each.service])
+        if each.service in by_service
+        else each
+        for each in endpoints
+    ]

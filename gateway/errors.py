@@ -222,6 +222,36 @@ class RenderedError:
 ErrorShape = Callable[[ApiError], RenderedError]
 
 
+@dataclass(frozen=True)
+class ErrorRequest:
+    """The request an error answers, for shapes whose body depends on the operation."""
+
+    method: str = ""
+    """HTTP method."""
+    path: str = ""
+    """Request path."""
+    service: str | None = None
+    """Full name of the proto service the matched route calls; None when no route matched."""
+    operation: str = ""
+    """The matched endpoint's name (`/kiln.objects.v1.ClymanService/GetObject` for an
+    annotated method, the adapter's name otherwise); empty when no route matched."""
+
+
+@dataclass(frozen=True)
+class RequestShape:
+    """A shape that also sees the request the error answers.
+
+    CLyman's envelope names the operation (`msg_type`) even for errors the gateway raises
+    itself (bad JSON, body too large), so its body depends on the route, not only the error.
+    """
+
+    render: Callable[[ApiError, ErrorRequest], RenderedError]
+
+
+#: What `ErrorShapes` holds for a route: a plain shape or a request-aware one.
+AnyShape = ErrorShape | RequestShape
+
+
 def grpc_gateway_shape(error: ApiError) -> RenderedError:
     """grpc-gateway v2's default body: `{"code": <gRPC code>, "message", "details"}`."""
     return RenderedError(
@@ -280,11 +310,11 @@ class ErrorShapes:
 
     def __init__(self, default: ErrorShape = grpc_gateway_shape) -> None:
         self.default = default
-        self._by_service: dict[str, ErrorShape] = {}
-        self._by_prefix: list[tuple[str, ErrorShape]] = []
+        self._by_service: dict[str, AnyShape] = {}
+        self._by_prefix: list[tuple[str, AnyShape]] = []
 
     def register(
-        self, shape: ErrorShape, *, path_prefix: str | None = None, service: str | None = None
+        self, shape: AnyShape, *, path_prefix: str | None = None, service: str | None = None
     ) -> None:
         """Routes errors of a path prefix (`/oauth2`) or of a proto service to `shape`."""
         if (path_prefix is None) == (service is None):
@@ -298,7 +328,7 @@ class ErrorShapes:
         self._by_prefix.append((prefix, shape))
         self._by_prefix.sort(key=lambda entry: len(entry[0]), reverse=True)
 
-    def for_request(self, path: str, service: str | None = None) -> ErrorShape:
+    def for_request(self, path: str, service: str | None = None) -> AnyShape:
         """The shape for a request path, and the proto service its route calls, if any."""
         if service is not None and service in self._by_service:
             return self._by_service[service]
@@ -308,15 +338,37 @@ class ErrorShapes:
                 return shape
         return self.default
 
-    def render(self, error: ApiError, path: str, service: str | None = None) -> Response:
-        """The HTTP response for `error` on `path`, in the shape registered for it."""
-        shape = self.for_request(path, service)
+    def rendered(self, error: ApiError, request: ErrorRequest) -> RenderedError:
+        """What the shape registered for `request` makes of `error` (status, body, headers).
+
+        Streams use it directly: an error after the response has started can no longer
+        change the status, only be written into the stream in the route's format.
+        """
+        shape = self.for_request(request.path, request.service)
         try:
-            rendered = shape(error)
+            if isinstance(shape, RequestShape):
+                return shape.render(error, request)
+            return shape(error)
         except Exception:
             # A broken shape must not turn a 4xx into an unhandled exception.
             log.exception("error shape failed; answering in the default shape")
-            rendered = grpc_gateway_shape(error)
+            return grpc_gateway_shape(error)
+
+    def render(
+        self,
+        error: ApiError,
+        path: str,
+        service: str | None = None,
+        *,
+        method: str = "",
+        operation: str = "",
+    ) -> Response:
+        """The HTTP response for `error` on `path`, in the shape registered for it.
+
+        `method` and `operation` (the matched endpoint's name) reach request-aware shapes.
+        """
+        request = ErrorRequest(method=method, path=path, service=service, operation=operation)
+        rendered = self.rendered(error, request)
         headers = {**error.headers, **rendered.headers}
         if rendered.status == 401 and not any(k.lower() == "www-authenticate" for k in headers):
             # RFC 7235 §3.1: every 401 carries a challenge.

@@ -75,7 +75,7 @@ class ObservabilityMiddleware:
             log.exception("unhandled error outside a route")
             if not state["started"]:
                 error = ApiError(grpc.StatusCode.INTERNAL, "internal error")
-                response = self.gateway.shapes.render(error, scope["path"])
+                response = self.gateway.shapes.render(error, scope["path"], method=scope["method"])
                 await response(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
@@ -121,6 +121,6 @@ def http_exception_handler(gateway: Gateway) -> Callable[[Request, Exception], A
                 http_status=exc.status_code,
                 headers=dict(exc.headers or {}),
             )
-        return gateway.shapes.render(error, request.url.path)
+        return gateway.shapes.render(error, request.url.path, method=request.method)
 
     return handle

@@ -54,6 +54,9 @@ class Endpoint:
     """Full name of the proto service it calls, for error shapes registered per service."""
     name: str = ""
     """For logs: the RPC or adapter behind it."""
+    anonymous_tenant: str = ""
+    """When set, a request without an Authorization header acts as this tenant (an API whose
+    documented clients send no credentials, e.g. CLyman's); credentials sent are checked."""
 
 
 def endpoint(
@@ -64,6 +67,7 @@ def endpoint(
     public: bool = False,
     service: str | None = None,
     name: str = "",
+    anonymous_tenant: str = "",
 ) -> Endpoint:
     """An Endpoint from a template string (`/v1/assets/{asset_id}`)."""
     return Endpoint(
@@ -73,6 +77,7 @@ def endpoint(
         public=public,
         service=service,
         name=name or template,
+        anonymous_tenant=anonymous_tenant,
     )
 
 
@@ -180,7 +185,10 @@ class GatewayRoute(BaseRoute):
             )
             scope[SCOPE_ROUTE] = self.template.template
             service = next(iter(self.endpoints.values())).service
-            response = self.gateway.shapes.render(error, scope["path"], service)
+            # No operation: the method names none of this path's endpoints.
+            response = self.gateway.shapes.render(
+                error, scope["path"], service, method=scope["method"]
+            )
         else:
             scope[SCOPE_ROUTE] = chosen.template.template
             response = await self._dispatch(chosen, request)
@@ -211,24 +219,34 @@ class GatewayRoute(BaseRoute):
         try:
             if not chosen.public:
                 caller = await self.gateway.authenticator.authenticate(
-                    request.headers.get("authorization")
+                    request.headers.get("authorization"),
+                    anonymous_tenant=chosen.anonymous_tenant,
                 )
                 context.caller = caller
                 scope[SCOPE_TENANT] = caller.principal.tenant
                 principal_var.set(caller.principal)
             return await chosen.handler(context)
         except ApiError as exc:
-            return self.gateway.shapes.render(exc, scope["path"], chosen.service)
+            return self._render(exc, chosen, request)
         except grpc.aio.AioRpcError as exc:
             upstream = ApiError.from_rpc_error(exc, service_key(chosen.service) or "upstream")
-            return self.gateway.shapes.render(upstream, scope["path"], chosen.service)
+            return self._render(upstream, chosen, request)
         except ClientDisconnect:
             # Nobody is listening; the status only shows in the access log and metrics.
             return Response(status_code=499)
         except Exception:
             log.exception("unhandled error", extra={"endpoint": chosen.name})
             internal = ApiError(grpc.StatusCode.INTERNAL, "internal error")
-            return self.gateway.shapes.render(internal, scope["path"], chosen.service)
+            return self._render(internal, chosen, request)
+
+    def _render(self, error: ApiError, chosen: Endpoint, request: Request) -> Response:
+        return self.gateway.shapes.render(
+            error,
+            request.scope["path"],
+            chosen.service,
+            method=request.method,
+            operation=chosen.name,
+        )
 
 
 def build_routes(gateway: Gateway, endpoints: Iterable[Endpoint]) -> list[GatewayRoute]:

@@ -45,6 +45,7 @@ log = logging.getLogger("kiln.gateway.transcoding")
 
 _PATTERNS = ("get", "put", "post", "delete", "patch")
 _JSON_TYPES = ("application/json", "text/plain")
+_STRUCT = "google.protobuf.Struct"
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,8 @@ class _Transcoder:
         except (ValueError, UnicodeDecodeError) as exc:
             raise bad_request(f"malformed JSON body: {exc}") from None
         field = self.binding.body_field
-        if field is None and not isinstance(value, dict):
+        if not isinstance(value, dict) and (field is None or _is_struct(field, value)):
+            # Said plainly: protobuf's own message names the request's internal types.
             raise bad_request("the JSON body must be an object")
         document = value if field is None else {field.json_name: value}
         try:
@@ -319,6 +321,18 @@ class _Transcoder:
         if field.type == FieldDescriptor.TYPE_MESSAGE and not field.is_repeated:
             return message_to_json(getattr(reply, field.name), pool)
         return message_to_json(reply, pool).get(field.json_name)
+
+
+def _is_struct(field: FieldDescriptor, value: Any) -> bool:
+    """Whether a body field is a google.protobuf.Struct (a free JSON object) and the value
+    is not null, which leaves it unset."""
+    message = field.message_type
+    return (
+        value is not None
+        and not field.is_repeated
+        and message is not None
+        and message.full_name == _STRUCT
+    )
 
 
 def transcoded_endpoints(

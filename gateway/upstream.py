@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -35,6 +36,14 @@ def service_key(full_name: str | None) -> str | None:
     return None
 
 
+@dataclass
+class CallOutcome:
+    """The final code `Upstreams.track` records; a caller that handles a failure itself
+    (a stream turning it into an error event) sets `code` so the metrics still see it."""
+
+    code: str = "OK"
+
+
 def split_method(method: str) -> tuple[str, str]:
     """`/pkg.Service/Method` → (`pkg.Service`, `Method`)."""
     service, _, name = method.lstrip("/").rpartition("/")
@@ -49,6 +58,7 @@ class Upstreams:
         self._metrics = metrics
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._unary: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable] = {}
+        self._server_streams: dict[tuple[str, str], grpc.aio.UnaryStreamMultiCallable] = {}
 
     async def open(self) -> None:
         """Creates the channels; they connect lazily, so a service may start after the gateway."""
@@ -63,6 +73,7 @@ class Upstreams:
         """Closes every channel; in-flight calls get `grace` seconds, then are cancelled."""
         channels, self._channels = self._channels, {}
         self._unary.clear()
+        self._server_streams.clear()
         await asyncio.gather(*(channel.close(grace) for channel in channels.values()))
 
     def channel(self, service: str) -> grpc.aio.Channel:
@@ -77,29 +88,30 @@ class Upstreams:
             ) from None
 
     @contextlib.contextmanager
-    def track(self, method: str, rpc_type: str) -> Iterator[None]:
+    def track(self, method: str, rpc_type: str) -> Iterator[CallOutcome]:
         """Counts and times one call of `method` (`/pkg.Service/Method`) by its final code.
 
         An exception that is not an RpcError means the gateway abandoned the call: CANCELLED.
+        Otherwise the code is the yielded outcome's, OK unless the caller set another.
         """
         service, name = split_method(method)
         self._metrics.grpc_started.labels(service, name, rpc_type).inc()
         started = time.perf_counter()
-        code = "OK"
+        outcome = CallOutcome()
         try:
-            yield
+            yield outcome
         except grpc.RpcError as exc:
             status = exc.code() if callable(getattr(exc, "code", None)) else None
-            code = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
+            outcome.code = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
             raise
         except BaseException:
-            code = "CANCELLED"
+            outcome.code = "CANCELLED"
             raise
         finally:
             self._metrics.grpc_seconds.labels(service, name, rpc_type).observe(
                 time.perf_counter() - started
             )
-            self._metrics.grpc_handled.labels(service, name, rpc_type, code).inc()
+            self._metrics.grpc_handled.labels(service, name, rpc_type, outcome.code).inc()
 
     async def unary(
         self,
@@ -122,6 +134,27 @@ class Upstreams:
         with self.track(method, "unary"):
             response: bytes = await call(request, metadata=tuple(metadata), timeout=deadline)
         return response
+
+    def server_stream(
+        self,
+        service: str,
+        method: str,
+        request: bytes,
+        *,
+        metadata: Metadata,
+        deadline: float | None = None,
+    ) -> grpc.aio.UnaryStreamCall:
+        """Starts a server-streaming call with a serialized request; messages arrive as bytes.
+
+        No deadline by default: a subscription lives as long as its client. The caller owns
+        the call: it must cancel it when it stops reading, and `track` it for the metrics.
+        """
+        key = (service, method)
+        call = self._server_streams.get(key)
+        if call is None:
+            call = self._server_streams[key] = self.channel(service).unary_stream(method)
+        stream: grpc.aio.UnaryStreamCall = call(request, metadata=tuple(metadata), timeout=deadline)
+        return stream
 
     async def health(self, deadline: float) -> dict[str, str]:
         """Each service's overall health (`grpc.health.v1`, service ""), checked concurrently.

@@ -100,6 +100,7 @@ class Settings:
     demo_client_id: str
     demo_client_secret: str
     grace_seconds: float
+    demo_tenant: str = "demo"
 
     @property
     def stop_grace(self) -> float:
@@ -182,6 +183,9 @@ class Settings:
         )
         # Keep a rotation list the user gave; otherwise name the key the launcher created.
         env.setdefault("KILN_JWT_PUBLIC_KEY_FILES", str(self.public_key))
+        # CLyman's documented clients send no credentials: on this development suite they act
+        # as the demo tenant, unless the caller set the variable (empty requires credentials).
+        env.setdefault("KILN_CLYMAN_ANONYMOUS_TENANT", self.demo_tenant)
         for name in SERVICE_NAMES:
             prefix = f"KILN_{name.upper()}"
             env[f"{prefix}_PORT"] = str(self.grpc_ports[name])
@@ -230,6 +234,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         demo_client_id=gateway.demo_client_id,
         demo_client_secret=gateway.demo_client_secret,
         grace_seconds=first.shutdown_grace_seconds,
+        demo_tenant=gateway.demo_tenant,
     )
 
 

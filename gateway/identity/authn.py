@@ -4,6 +4,11 @@ The services verify every call themselves; the gateway checks too so that a bad 
 gets an exact 401 before any work, and so that Basic callers (Clara, Scenario) can be turned
 into a Bearer token the services accept. The tenant reaches the services only inside a token
 the gateway's key signed, never in a header a client could set.
+
+Routes whose documented clients send no credentials at all (CLyman's) may name an anonymous
+tenant: a request to them without an Authorization header then acts as that tenant, through a
+token the gateway mints for the client id `anonymous`. Credentials that are sent are always
+checked, so a wrong token is a 401 there too, never a silent fall-back to anonymous.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from services.runtime.auth import Principal, TokenSigner, TokenVerifier
 from services.runtime.errors import AuthError, TokenExpired
 
 REALM = "kiln"
+#: client_id in the tokens minted for requests without credentials on anonymous routes.
+ANONYMOUS_CLIENT_ID = "anonymous"
 _BEARER_CHALLENGE = f'Bearer realm="{REALM}"'
 _BASIC_CHALLENGE = f'Basic realm="{REALM}"'
 
@@ -122,12 +129,21 @@ class Authenticator:
         self._internal_ttl = internal_ttl_seconds
         self._refresh_before = refresh_before_seconds
         self._clock = clock
-        self._minted: dict[str, _Minted] = {}
+        # Keyed by (client_id, tenant): the anonymous client id is shared by every tenant.
+        self._minted: dict[tuple[str, str], _Minted] = {}
 
-    async def authenticate(self, authorization: str | None) -> Caller:
-        """Accepts `Bearer <jwt>` or `Basic base64(client_id:secret)`."""
+    async def authenticate(
+        self, authorization: str | None, *, anonymous_tenant: str = ""
+    ) -> Caller:
+        """Accepts `Bearer <jwt>` or `Basic base64(client_id:secret)`.
+
+        With `anonymous_tenant`, a request without an Authorization header is that tenant's
+        anonymous caller instead of a 401.
+        """
         scheme, credentials = split_authorization(authorization)
         if not scheme:
+            if anonymous_tenant:
+                return self.anonymous(anonymous_tenant)
             raise missing_credentials()
         if scheme == "bearer":
             if not credentials:
@@ -141,7 +157,8 @@ class Authenticator:
             return Caller(principal=principal, token=credentials)
         if scheme == "basic":
             client = await self.client_from_basic(credentials)
-            return Caller(principal=_principal(client), token=self._internal_token(client))
+            principal = _principal(client)
+            return Caller(principal=principal, token=self._internal_token(principal))
         raise invalid_token(f"unsupported authorization scheme {scheme!r}: use Bearer or Basic")
 
     async def client_from_basic(self, credentials: str) -> ApiClient:
@@ -163,20 +180,32 @@ class Authenticator:
             client_id=client.client_id, tenant=client.tenant, scopes=granted, now=self._clock()
         )
 
-    def _internal_token(self, client: ApiClient) -> str:
-        """A short-lived token standing in for Basic credentials, reused until near expiry."""
+    def anonymous(self, tenant: str) -> Caller:
+        """The caller of a request without credentials on a route open to `tenant`.
+
+        Its token never leaves the gateway and is only forwarded on the routes that allow
+        anonymous access, so it carries the `*` scope like the demo client: the services scope
+        every call by tenant.
+        """
+        principal = Principal(tenant=tenant, client_id=ANONYMOUS_CLIENT_ID, scopes=frozenset({"*"}))
+        return Caller(principal=principal, token=self._internal_token(principal))
+
+    def _internal_token(self, principal: Principal) -> str:
+        """A short-lived token standing in for Basic credentials (or none, for anonymous
+        callers), reused until near expiry so a busy client costs one signature per period."""
         now = self._clock()
-        minted = self._minted.get(client.client_id)
+        key = (principal.client_id, principal.tenant)
+        minted = self._minted.get(key)
         if minted is not None and minted.expires_at - now > self._refresh_before:
             return minted.token
         token, ttl = self.signer.issue(
-            client_id=client.client_id,
-            tenant=client.tenant,
-            scopes=client.scopes,
+            client_id=principal.client_id,
+            tenant=principal.tenant,
+            scopes=principal.scopes,
             ttl_seconds=self._internal_ttl,
             now=now,
         )
-        self._minted[client.client_id] = _Minted(token, now + ttl)
+        self._minted[key] = _Minted(token, now + ttl)
         return token
 
 

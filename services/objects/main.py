@@ -12,6 +12,7 @@ from kiln.objects.v1 import (
     objects_pb2,
     objects_pb2_grpc,
 )
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.objects.assets import AssetCatalog
 from services.objects.clyman import ClymanServicer
@@ -20,6 +21,7 @@ from services.objects.object_store import ObjectStore
 from services.objects.objects import ObjectCatalog
 from services.objects.servicer import AssetServicer, ObjectServicer
 from services.objects.store import AssetStore
+from services.objects.udp import EventCipher, UdpIngress
 from services.runtime import db
 from services.runtime.config import ServiceConfig
 from services.runtime.server import Registration, servicers
@@ -35,9 +37,11 @@ async def build(config: ServiceConfig) -> Registration:
     await blobs.ensure_bucket()
     sessions = db.sessionmaker(engine)
     assets = AssetCatalog(AssetStore(sessions), blobs)
-    events = EventHub()
-    await events.start()
+    events = EventHub(queue_size=config.objects_subscriber_queue)
     objects = ObjectCatalog(ObjectStore(sessions), events)
+    # PostgreSQL: LISTEN/NOTIFY to the other replicas; SQLite: this process only.
+    await events.start(config.database_url, objects.resolve_event)
+    udp = await start_udp(config, objects, events, sessions)
     registration = servicers(
         (
             assets_pb2,
@@ -60,9 +64,30 @@ async def build(config: ServiceConfig) -> Registration:
     )
 
     async def close() -> None:
+        if udp is not None:
+            await udp.close()
         await events.close()
         await engine.dispose()
         await blobs.close()
 
     registration.on_stop = [close]
     return registration
+
+
+async def start_udp(
+    config: ServiceConfig,
+    objects: ObjectCatalog,
+    events: EventHub,
+    sessions: async_sessionmaker[AsyncSession],
+) -> UdpIngress | None:
+    """CLyman's UDP Events API, when KILN_OBJECTS_UDP_PORT is on."""
+    if config.objects_udp_port < 0:
+        return None
+    cipher = (
+        EventCipher.from_hex(config.objects_udp_aes_key, config.objects_udp_aes_iv)
+        if config.objects_udp_aes_key
+        else None
+    )
+    udp = UdpIngress(objects, events, sessions, tenant=config.objects_udp_tenant, cipher=cipher)
+    await udp.start(config.objects_udp_host or config.host, config.objects_udp_port)
+    return udp

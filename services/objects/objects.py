@@ -20,7 +20,7 @@ import secrets
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2
 from kiln.objects.v1 import objects_pb2
 from prometheus_client import Counter
 
-from services.objects.events import EventHub
+from services.objects.events import EventHub, Reference
 from services.objects.object_store import (
     ObjectQuery,
     ObjectRecord,
@@ -113,6 +113,18 @@ def to_proto(record: ObjectRecord) -> objects_pb2.Object:
     return obj
 
 
+def object_event(kind: EventKind, record: ObjectRecord) -> objects_pb2.ObjectEvent:
+    """The event of a change that produced `record`."""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(record.updated_at)
+    return objects_pb2.ObjectEvent(
+        type=kind,  # type: ignore[arg-type]
+        object=to_proto(record),
+        version=record.version,
+        time=stamp,
+    )
+
+
 class ObjectCatalog:
     """Objects and properties of every tenant, and the events their changes publish."""
 
@@ -127,10 +139,22 @@ class ObjectCatalog:
         self._events = events
         self._clock = clock
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._guard: Callable[[str], AbstractAsyncContextManager[None]] | None = None
 
     @property
     def events(self) -> EventHub:
         return self._events
+
+    def guard_changes(self, guard: Callable[[str], AbstractAsyncContextManager[None]]) -> None:
+        """Wraps every change of one object, inside its lock: the UDP ingress stores what it
+        streamed first and holds new datagrams until the change is published (udp.py)."""
+        self._guard = guard
+
+    async def resolve_event(self, ref: Reference) -> objects_pb2.ObjectEvent | None:
+        """The event a too-large notification referred to, with the object's stored state;
+        None when the object is gone (events.PostgresRelay)."""
+        record = await self._store.get_object(ref.tenant, ref.key)
+        return None if record is None else object_event(ref.type, record)
 
     @asynccontextmanager
     async def _serialised(self, key: str) -> AsyncIterator[None]:
@@ -140,20 +164,14 @@ class ObjectCatalog:
             lock = asyncio.Lock()
             self._locks[key] = lock
         async with lock:
-            yield
+            if self._guard is None:
+                yield
+            else:
+                async with self._guard(key):
+                    yield
 
     async def _publish(self, tenant: str, kind: EventKind, record: ObjectRecord) -> None:
-        stamp = timestamp_pb2.Timestamp()
-        stamp.FromDatetime(record.updated_at)
-        await self._events.publish(
-            tenant,
-            objects_pb2.ObjectEvent(
-                type=kind,  # type: ignore[arg-type]
-                object=to_proto(record),
-                version=record.version,
-                time=stamp,
-            ),
-        )
+        await self._events.publish(tenant, object_event(kind, record))
 
     # --- objects ---------------------------------------------------------------------------
 
@@ -240,7 +258,9 @@ class ObjectCatalog:
             if record is None:
                 raise NotFound(f"object {key!r} not found")
             CHANGES.labels("delete").inc()
-            await self._publish(tenant, EventType.OBJECT_EVENT_TYPE_DELETED, record)
+            # A delete is a change too: its event takes the next version.
+            gone = replace(record, version=record.version + 1, updated_at=self._clock())
+            await self._publish(tenant, EventType.OBJECT_EVENT_TYPE_DELETED, gone)
             return record
 
     async def query(

@@ -120,6 +120,18 @@ class ServiceConfig:
     """host:port of the jobs service, for services that submit or run jobs."""
     objects_target: str
     """host:port of the objects service, for services that read assets or objects."""
+    objects_subscriber_queue: int = 1024
+    """Events queued per live subscriber before it is dropped (KILN_OBJECTS_SUBSCRIBER_QUEUE)."""
+    objects_udp_port: int = -1
+    """CLyman's UDP Events port (KILN_OBJECTS_UDP_PORT); -1 off, 0 a free port."""
+    objects_udp_host: str = ""
+    """Address the UDP port binds to (KILN_OBJECTS_UDP_HOST); empty: the service's host."""
+    objects_udp_tenant: str = ""
+    """Tenant every UDP datagram acts on (KILN_OBJECTS_UDP_TENANT); UDP has no credentials."""
+    objects_udp_aes_key: str = ""
+    """AES-256 key, 64 hex digits, when datagrams are encrypted (KILN_OBJECTS_UDP_AES_KEY)."""
+    objects_udp_aes_iv: str = ""
+    """AES-CBC IV, 32 hex digits (KILN_OBJECTS_UDP_AES_IV)."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +170,9 @@ class GatewayConfig:
     """Python logging level name."""
     log_format: str
     """`json` or `text`."""
+    clyman_anonymous_tenant: str = ""
+    """Tenant a CLyman request without credentials acts as (KILN_CLYMAN_ANONYMOUS_TENANT);
+    empty: CLyman's routes require credentials like every other."""
 
 
 # Variables outside the dataclasses above whose names are built per service, documented here so
@@ -197,6 +212,43 @@ GENERAL_VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("KILN_DEMO_CLIENT_SECRET", "demo-secret", "Secret of the demo client."),
     ("KILN_DEMO_TENANT", "demo", "Tenant of the demo client."),
     ("KILN_S3_PORT", "9000", "Port of the embedded S3 server that `make up` starts."),
+    (
+        "KILN_CLYMAN_ANONYMOUS_TENANT",
+        "",
+        "Tenant that CLyman requests (/v1/object…, /v1/property…, the object event stream) "
+        "without an Authorization header act as, since CLyman's documented clients send none; "
+        "credentials that are sent are still checked. Empty: credentials required. `make up` "
+        "sets the demo tenant unless the variable is set; production leaves it empty.",
+    ),
+    (
+        "KILN_OBJECTS_SUBSCRIBER_QUEUE",
+        "1024",
+        "Object events queued per live subscriber (Subscribe, SSE); a subscriber whose queue "
+        "overflows is dropped with RESOURCE_EXHAUSTED and must resubscribe.",
+    ),
+    (
+        "KILN_OBJECTS_UDP_PORT",
+        "-1",
+        "CLyman's UDP Events API port of the objects service (CLyman used 8762); -1 off, "
+        "0 a free port. UDP carries no credentials: expose it only to trusted devices.",
+    ),
+    ("KILN_OBJECTS_UDP_HOST", "", "Bind address of the UDP port; empty: KILN_HOST."),
+    (
+        "KILN_OBJECTS_UDP_TENANT",
+        "",
+        "Tenant every UDP datagram acts on; required when the UDP port is on.",
+    ),
+    (
+        "KILN_OBJECTS_UDP_AES_KEY",
+        "",
+        "64 hex digits: datagrams are base64 of AES-256-CBC ciphertext under this key; "
+        "empty: plain JSON.",
+    ),
+    (
+        "KILN_OBJECTS_UDP_AES_IV",
+        "",
+        "32 hex digits: the AES-CBC IV, with KILN_OBJECTS_UDP_AES_KEY.",
+    ),
 )
 
 
@@ -294,6 +346,13 @@ def load_service_config(name: str, environ: Mapping[str, str] | None = None) -> 
     if not 1 <= storage.presign_expiry_seconds <= 7 * 24 * 3600:
         raise ConfigError("KILN_PRESIGN_EXPIRY_SECONDS must be between 1 and 604800 (7 days)")
     level, fmt = _validate_log(env)
+    udp_port = env.integer("KILN_OBJECTS_UDP_PORT", -1)
+    udp_tenant = env.text("KILN_OBJECTS_UDP_TENANT", "")
+    subscriber_queue = env.integer("KILN_OBJECTS_SUBSCRIBER_QUEUE", 1024)
+    aes_key = env.text("KILN_OBJECTS_UDP_AES_KEY", "")
+    aes_iv = env.text("KILN_OBJECTS_UDP_AES_IV", "")
+    if name == "objects":
+        _validate_objects(subscriber_queue, udp_port, udp_tenant, aes_key, aes_iv)
     return ServiceConfig(
         name=name,
         host=env.text("KILN_HOST", "127.0.0.1"),
@@ -310,7 +369,33 @@ def load_service_config(name: str, environ: Mapping[str, str] | None = None) -> 
         shutdown_grace_seconds=env.number("KILN_SHUTDOWN_GRACE_SECONDS", 10.0),
         jobs_target=_target(env, "jobs"),
         objects_target=_target(env, "objects"),
+        objects_subscriber_queue=subscriber_queue,
+        objects_udp_port=udp_port,
+        objects_udp_host=env.text("KILN_OBJECTS_UDP_HOST", ""),
+        objects_udp_tenant=udp_tenant,
+        objects_udp_aes_key=aes_key,
+        objects_udp_aes_iv=aes_iv,
     )
+
+
+def _validate_objects(queue: int, udp_port: int, tenant: str, aes_key: str, aes_iv: str) -> None:
+    if queue < 1:
+        raise ConfigError("KILN_OBJECTS_SUBSCRIBER_QUEUE must be at least 1")
+    if not -1 <= udp_port <= 65535:
+        raise ConfigError("KILN_OBJECTS_UDP_PORT must be -1 (off), 0 (any) or a port number")
+    if udp_port >= 0 and not tenant:
+        # UDP carries no credentials, so the tenant cannot come from the caller.
+        raise ConfigError("KILN_OBJECTS_UDP_TENANT is required when KILN_OBJECTS_UDP_PORT is on")
+    for var, value, digits in (
+        ("KILN_OBJECTS_UDP_AES_KEY", aes_key, 64),
+        ("KILN_OBJECTS_UDP_AES_IV", aes_iv, 32),
+    ):
+        if value and (
+            len(value) != digits or any(c not in "0123456789abcdefABCDEF" for c in value)
+        ):
+            raise ConfigError(f"{var} must be {digits} hex digits")
+    if bool(aes_key) != bool(aes_iv):
+        raise ConfigError("KILN_OBJECTS_UDP_AES_KEY and KILN_OBJECTS_UDP_AES_IV go together")
 
 
 def load_gateway_config(environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -337,4 +422,5 @@ def load_gateway_config(environ: Mapping[str, str] | None = None) -> GatewayConf
         shutdown_grace_seconds=env.number("KILN_SHUTDOWN_GRACE_SECONDS", 10.0),
         log_level=level,
         log_format=fmt,
+        clyman_anonymous_tenant=env.text("KILN_CLYMAN_ANONYMOUS_TENANT", "").strip(),
     )

@@ -32,7 +32,8 @@ def test_every_variable_in_the_code_is_documented() -> None:
                 for prefix, placeholder in prefixes.items():
                     if name.startswith(prefix):
                         generic = placeholder + name[len(prefix) :]
-                if generic not in documented:
+                # Objects-only variables (KILN_OBJECTS_UDP_PORT) are documented by their name.
+                if generic not in documented and name not in documented:
                     undocumented.setdefault(name, str(path.relative_to(REPO)))
     assert not undocumented, (
         "variables read in code but not declared in services/runtime/config.py "

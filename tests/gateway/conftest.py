@@ -9,9 +9,10 @@ The end-to-end slice uses the shared `suite` (the four services, SeaweedFS) inst
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import grpc
 import grpc_tools
 import httpx
 import pytest
+import uvicorn
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -83,6 +85,10 @@ class EchoServicer:
     def __init__(self, protos: EchoProtos) -> None:
         self.protos = protos
         self.calls = 0
+        self.counts_cancelled = 0
+        """Count streams that ended because the client cancelled them."""
+        self.counts_open = 0
+        """Count streams running now."""
 
     async def echo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.calls += 1
@@ -114,6 +120,28 @@ class EchoServicer:
             pass
         return self.protos.message("EchoResponse")()
 
+    async def count(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        response = self.protos.message("CountResponse")
+        if request.fail_code and not request.count:
+            await context.abort(status_code(request.fail_code), request.fail_message)
+        self.counts_open += 1
+        try:
+            # Tells the client the stream is set up, as the objects service's Subscribe does.
+            await context.send_initial_metadata(())
+            for n in range(1, request.count + 1):
+                if n > 1:
+                    await asyncio.sleep(request.interval)
+                yield response(n=n)
+            if request.fail_code:
+                await context.abort(status_code(request.fail_code), request.fail_message)
+            if request.hold:
+                await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.counts_cancelled += 1
+            raise
+        finally:
+            self.counts_open -= 1
+
     def handler(self) -> grpc.GenericRpcHandler:
         m = self.protos.message
 
@@ -136,8 +164,18 @@ class EchoServicer:
                     request_deserializer=m("EchoRequest").FromString,
                     response_serializer=m("EchoResponse").SerializeToString,
                 ),
+                "Count": grpc.unary_stream_rpc_method_handler(
+                    self.count,
+                    request_deserializer=m("CountRequest").FromString,
+                    response_serializer=m("CountResponse").SerializeToString,
+                ),
             },
         )
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    """The grpc.StatusCode of a code number (the enum's values are (number, name) pairs)."""
+    return next(code for code in grpc.StatusCode if code.value[0] == number)
 
 
 @dataclasses.dataclass
@@ -212,6 +250,45 @@ async def serving(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             yield client
+
+
+class _TestServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Leave SIGINT to pytest: Ctrl-C stops the run, not only this server.
+        yield
+
+
+@asynccontextmanager
+async def live(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """Runs the app on uvicorn on a loopback port, lifespan included; yields a client for it.
+
+    httpx's ASGI transport buffers whole responses, so streams (SSE) need a real server.
+    """
+    server = _TestServer(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=1,
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # start-up failed: raise why
+                raise AssertionError("uvicorn stopped during start-up")
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        await task
 
 
 @pytest.fixture(scope="session")

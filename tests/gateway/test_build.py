@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
+from starlette.responses import Response
 
 from gateway.apis import DEFAULT_APIS
+from gateway.apis.registry import ApiModule
 from gateway.app import build_app
-from gateway.routing import GatewayRoute
+from gateway.jsonpb import json_response
+from gateway.routing import GatewayRoute, Handler, RequestContext, endpoint
 from services.runtime.config import GatewayConfig
 from services.runtime.errors import ConfigError
-from tests.gateway.conftest import REPO
+from tests.gateway.conftest import REPO, serving
 
 Edit = Callable[[descriptor_pb2.MethodDescriptorProto], None]
 
@@ -99,3 +102,34 @@ def test_kiln_descriptor_set_routes(gw_config: GatewayConfig) -> None:
         ("GET", "/v1/assets/{asset_id}"),
         ("DELETE", "/v1/assets/{asset_id}"),
     } <= served
+
+
+def answering(name: str) -> Handler:
+    async def handle(context: RequestContext) -> Response:
+        return json_response({"route": name, "params": dict(context.path_params)})
+
+    return handle
+
+
+async def test_literal_routes_win_over_variables_whatever_the_order(
+    gw_config: GatewayConfig,
+) -> None:
+    # Declared variable-first on purpose: the order of declaration must not matter.
+    api = ApiModule(
+        name="things",
+        endpoints=lambda: [
+            endpoint("POST", "/v1/things/{key}", answering("update"), public=True),
+            endpoint("GET", "/v1/things/{key}", answering("get"), public=True),
+            endpoint("POST", "/v1/things/query", answering("query"), public=True),
+        ],
+    )
+    async with serving(build_app(gw_config, apis=(api,))) as client:
+        query = await client.post("/v1/things/query")
+        query_slash = await client.post("/v1/things/query/")
+        update = await client.post("/v1/things/abc/")
+        # GET has no literal route: the variable one takes it.
+        got = await client.get("/v1/things/query")
+    assert query.json() == {"route": "query", "params": {}}
+    assert query_slash.json() == {"route": "query", "params": {}}
+    assert update.json() == {"route": "update", "params": {"key": "abc"}}
+    assert got.json() == {"route": "get", "params": {"key": "query"}}

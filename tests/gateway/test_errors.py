@@ -12,9 +12,16 @@ import pytest
 from gateway.apis import oauth2
 from gateway.app import build_app
 from gateway.core import Limits
-from gateway.errors import ApiError, ErrorShapes, RenderedError, oauth2_shape
+from gateway.errors import (
+    ApiError,
+    ErrorRequest,
+    ErrorShapes,
+    RenderedError,
+    RequestShape,
+    oauth2_shape,
+)
 from services.runtime.config import GatewayConfig
-from tests.gateway.conftest import closed_port_target, serving
+from tests.gateway.conftest import ECHO_SERVICE, closed_port_target, serving
 
 Auth = Callable[..., dict[str, str]]
 
@@ -159,3 +166,34 @@ def test_api_error_defaults() -> None:
     assert error.http_status == 404
     assert error.details[0]["reason"] == "ERROR_REASON_NOT_FOUND"
     assert ApiError(grpc.StatusCode.INTERNAL, "x", http_status=418).http_status == 418
+
+
+async def test_request_aware_shapes_see_the_operation_and_choose_the_status(
+    gw_config: GatewayConfig, gw_auth: Auth
+) -> None:
+    def teapot(error: ApiError, request: ErrorRequest) -> RenderedError:
+        # A status grpc-gateway's table has no code for, as CLyman's 423 is.
+        status = 418 if error.code == grpc.StatusCode.NOT_FOUND else error.http_status
+        return RenderedError(
+            status=status,
+            body={"method": request.method, "operation": request.operation},
+            headers={"X-Shape": "teapot"},
+        )
+
+    shapes = ErrorShapes()
+    shapes.register(RequestShape(teapot), service=ECHO_SERVICE)
+    shapes.register(RequestShape(teapot), path_prefix="/v1/nowhere")
+    app = build_app(gw_config, apis=(), shapes=shapes)
+    async with serving(app) as client:
+        failed = await client.get("/v1/fail/5?message=gone", headers=gw_auth())
+        wrong_method = await client.patch("/v1/fail/5", headers=gw_auth())
+        unrouted = await client.delete("/v1/nowhere/at/all")
+    assert failed.status_code == 418
+    assert failed.headers["x-shape"] == "teapot"
+    assert failed.json() == {"method": "GET", "operation": f"/{ECHO_SERVICE}/Fail"}
+    # No endpoint for the method: no operation, and the 405 keeps its Allow header.
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "GET"
+    assert wrong_method.json() == {"method": "PATCH", "operation": ""}
+    assert unrouted.status_code == 418
+    assert unrouted.json() == {"method": "DELETE", "operation": ""}

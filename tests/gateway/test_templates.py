@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from gateway._template import TemplateError, parse_template
@@ -84,3 +86,39 @@ def test_equal_shapes_share_a_pattern_and_verbs_sort_first() -> None:
         "/v1/assets/{asset_id}",
         "/v1/{path=**}",
     ]
+
+
+def test_a_literal_segment_beats_a_variable_whatever_the_declaration_order() -> None:
+    templates = [
+        "/v1/object/{key}",
+        "/v1/object/query",
+        "/v1/object/events",
+        "/v1/object/{key}/lock",
+        "/v1/{name}/books/x",
+        "/v1/shelves/{id}/x",
+        "/v1/files/{path=**}",
+        "/v1/files/{id}",
+        "/v1/{path=**}",
+    ]
+    shuffler = random.Random(7)
+    orders = set()
+    for _ in range(20):
+        shuffled = templates[:]
+        shuffler.shuffle(shuffled)
+        parsed = sorted((parse_template(t) for t in shuffled), key=lambda t: t.specificity)
+        orders.add(tuple(t.template for t in parsed))
+    assert len(orders) == 1
+    (order,) = orders
+
+    def first_match(path: str) -> str:
+        return next(t for t in order if parse_template(t).regex.fullmatch(path))
+
+    assert first_match("/v1/object/query") == "/v1/object/query"
+    assert first_match("/v1/object/query/") == "/v1/object/query"
+    assert first_match("/v1/object/events") == "/v1/object/events"
+    assert first_match("/v1/object/5b98880a270698496c36e392") == "/v1/object/{key}"
+    # Position by position from the left, not by counting literals (both have three here).
+    assert first_match("/v1/shelves/books/x") == "/v1/shelves/{id}/x"
+    assert first_match("/v1/files/a") == "/v1/files/{id}"
+    assert first_match("/v1/files/a/b") == "/v1/files/{path=**}"
+    assert first_match("/v1/anything/else") == "/v1/{path=**}"

@@ -186,7 +186,7 @@ async def test_events_follow_every_change_in_version_order(
     await objects.unlock(T, record.key, "d")
     await objects.delete(T, record.key)
     await asyncio.wait_for(listener, 5)
-    assert [e.version for e in received] == [1, 2, 3, 4, 5, 5]
+    assert [e.version for e in received] == [1, 2, 3, 4, 5, 6]
     names = [e.type for e in received]
     assert names == [1, 2, 4, 6, 5, 3]  # created, updated, locked, assets, unlocked, deleted
     assert received[1].object.name == "w2" and received[2].object.owner == "d"
