@@ -204,32 +204,34 @@ def write_property(record: PropertyRecord) -> clyman_pb2.ClymanProperty:
     return out
 
 
-def _object_list(
-    msg_type: int, records: list[ObjectRecord], transaction_id: str | None
-) -> clyman_pb2.ObjectList:
-    answer = clyman_pb2.ObjectList(
-        msg_type=msg_type,
-        err_code=NO_ERROR,
-        num_records=len(records),
-        objects=[write_object(r) for r in records],
+Envelope = TypeVar("Envelope", clyman_pb2.ObjectList, clyman_pb2.PropertyList)
+
+
+def _success(answer: Envelope, transaction_id: str | None) -> Envelope:
+    """Completes a success envelope: err_code 100, the count, the echoed transaction id."""
+    answer.err_code = NO_ERROR
+    answer.num_records = len(
+        answer.objects if isinstance(answer, clyman_pb2.ObjectList) else answer.properties
     )
     if transaction_id:
         answer.transaction_id = transaction_id
     return answer
+
+
+def _object_list(
+    msg_type: int, records: list[ObjectRecord], transaction_id: str | None
+) -> clyman_pb2.ObjectList:
+    objects = [write_object(r) for r in records]
+    return _success(clyman_pb2.ObjectList(msg_type=msg_type, objects=objects), transaction_id)
 
 
 def _property_list(
     msg_type: int, records: list[PropertyRecord], transaction_id: str | None
 ) -> clyman_pb2.PropertyList:
-    answer = clyman_pb2.PropertyList(
-        msg_type=msg_type,
-        err_code=NO_ERROR,
-        num_records=len(records),
-        properties=[write_property(r) for r in records],
+    properties = [write_property(r) for r in records]
+    return _success(
+        clyman_pb2.PropertyList(msg_type=msg_type, properties=properties), transaction_id
     )
-    if transaction_id:
-        answer.transaction_id = transaction_id
-    return answer
 
 
 def _body(
