@@ -9,6 +9,7 @@ Content-Length body on one persistent connection per worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -29,14 +30,21 @@ class Connection:
         self._writer: asyncio.StreamWriter | None = None
 
     async def request(self, method: str, path: str, body: bytes = b"") -> Reply:
-        if self._writer is None or self._reader is None:
-            self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
         head = (
             f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\n{self._fixed}"
             f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        self._writer.write(head.encode() + body)
-        status_line = await self._reader.readline()
+        ).encode() + body
+        status_line = b""
+        for _ in range(2):
+            if self._writer is None or self._reader is None:
+                self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
+            self._writer.write(head)
+            status_line = await self._reader.readline()
+            if status_line:
+                break
+            # The server closed an idle keep-alive connection: reconnect and send again.
+            await self.close()
+        assert self._reader is not None
         status = int(status_line.split()[1])
         length = 0
         while (line := await self._reader.readline()) not in (b"\r\n", b""):
@@ -48,7 +56,9 @@ class Connection:
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            await self._writer.wait_closed()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+        self._reader = self._writer = None
 
 
 class Pool:
