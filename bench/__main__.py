@@ -6,7 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["bench.grpc_overhead", "bench.gateway_overhead", "bench.s3_throughput"]
+BENCHMARKS = [
+    "bench.grpc_overhead",
+    "bench.gateway_overhead",
+    "bench.s3_throughput",
+    "bench.objects",
+]
 
 
 def main() -> None:
