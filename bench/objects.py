@@ -205,20 +205,30 @@ async def event_latency(
     ]
 
 
+async def create_objects(
+    stub: objects_pb2_grpc.ObjectServiceStub,
+    metadata: tuple[tuple[str, str], ...],
+    prefix: str,
+    count: int,
+) -> list[str]:
+    """Creates `count` plain objects in one call; answers their keys."""
+    created = await stub.CreateObjects(
+        objects_pb2.CreateObjectsRequest(
+            objects=[
+                objects_pb2.ObjectInput(object=objects_pb2.Object(name=f"{prefix}{i}"))
+                for i in range(count)
+            ]
+        ),
+        metadata=metadata,
+    )
+    return [o.key for o in created.objects]
+
+
 async def sustained_updates(env: dict[str, str], token: str, seconds: float, c: int) -> Figure:
     metadata = (("authorization", f"Bearer {token}"),)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{env['KILN_OBJECTS_PORT']}") as channel:
         stub = objects_pb2_grpc.ObjectServiceStub(channel)
-        created = await stub.CreateObjects(
-            objects_pb2.CreateObjectsRequest(
-                objects=[
-                    objects_pb2.ObjectInput(object=objects_pb2.Object(name=f"s{i}"))
-                    for i in range(c)
-                ]
-            ),
-            metadata=metadata,
-        )
-        keys = [o.key for o in created.objects]
+        keys = await create_objects(stub, metadata, "s", c)
         done = 0
         latencies: list[float] = []
         deadline = time.perf_counter() + seconds
@@ -265,16 +275,7 @@ async def udp_stream(
     metadata = (("authorization", f"Bearer {token}"),)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{env['KILN_OBJECTS_PORT']}") as channel:
         stub = objects_pb2_grpc.ObjectServiceStub(channel)
-        created = await stub.CreateObjects(
-            objects_pb2.CreateObjectsRequest(
-                objects=[
-                    objects_pb2.ObjectInput(object=objects_pb2.Object(name=f"u{i}"))
-                    for i in range(objects)
-                ]
-            ),
-            metadata=metadata,
-        )
-        keys = [o.key for o in created.objects]
+        keys = await create_objects(stub, metadata, "u", objects)
         metrics_port = env["KILN_OBJECTS_METRICS_PORT"]
         accepted_before = _scrape(metrics_port, "kiln_object_udp_datagrams_accepted_total")
         writes_before = _scrape(metrics_port, "kiln_object_udp_writes_total")

@@ -14,6 +14,7 @@ lookup plus the wrapper's own work, not a fresh handler each time.
 
 from __future__ import annotations
 
+import abc
 import logging
 import time
 import uuid
@@ -104,8 +105,9 @@ class _WrappingInterceptor(grpc.aio.ServerInterceptor):
     def applies_to(self, method: str) -> bool:
         return True
 
+    @abc.abstractmethod
     def wrap(self, behavior: Behavior, streaming: bool, method: str, rpc_type: str) -> Behavior:
-        raise NotImplementedError
+        """The behaviour to run instead of `behavior`, for one method."""
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
