@@ -676,6 +676,7 @@ class Supervisor:
             access_key=s.s3_access_key,
             secret_key=s.s3_secret_key,
             log_file=s.logs_dir / "s3.log",
+            reserved=frozenset(p.port for p in s.ports()),
         )
         s3.write_config()
         print(f"starting S3 (SeaweedFS) on {s.s3_endpoint}", flush=True)

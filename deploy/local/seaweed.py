@@ -21,10 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def free_port(host: str = "127.0.0.1", *, avoid: frozenset[int] = frozenset()) -> int:
+    """A port free right now, and not one of `avoid` (ports promised to someone else)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 def weed_binary() -> str:
@@ -48,14 +52,23 @@ class SeaweedS3:
     access_key: str = "kiln"
     secret_key: str = "kiln-secret-key"
     log_file: Path | None = None
+    reserved: frozenset[int] = frozenset()
+    """Ports assigned to other processes that have not bound them yet; SeaweedFS's internal
+    ports (chosen at start) must not take them."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.s3_port}"
 
+    def _port(self) -> int:
+        port = free_port(self.host, avoid=self.reserved | self._taken)
+        self._taken.add(port)
+        return port
+
     def command(self) -> list[str]:
-        ports = {name: free_port(self.host) for name in ("master", "volume", "filer")}
+        self._taken: set[int] = {self.s3_port}
+        ports = {name: self._port() for name in ("master", "volume", "filer")}
         config = self.data_dir / "s3.json"
         return [
             weed_binary(),
@@ -64,16 +77,16 @@ class SeaweedS3:
             f"-ip={self.host}",
             f"-ip.bind={self.host}",
             f"-master.port={ports['master']}",
-            f"-master.port.grpc={free_port(self.host)}",
+            f"-master.port.grpc={self._port()}",
             f"-volume.port={ports['volume']}",
-            f"-volume.port.grpc={free_port(self.host)}",
+            f"-volume.port.grpc={self._port()}",
             f"-filer.port={ports['filer']}",
-            f"-filer.port.grpc={free_port(self.host)}",
+            f"-filer.port.grpc={self._port()}",
             "-s3",
             f"-s3.port={self.s3_port}",
-            f"-s3.port.grpc={free_port(self.host)}",
-            f"-s3.port.iceberg={free_port(self.host)}",
-            f"-s3.port.lance={free_port(self.host)}",
+            f"-s3.port.grpc={self._port()}",
+            f"-s3.port.iceberg={self._port()}",
+            f"-s3.port.lance={self._port()}",
             f"-s3.config={config}",
             # Small volumes: the default 30 GB preallocation is wasteful on a developer machine.
             "-master.volumeSizeLimitMB=256",

@@ -235,6 +235,8 @@ class ObjectStore:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+        # One prebuilt statement per set of overwritten columns (a handful in practice).
+        self._set_statements: dict[tuple[str, ...], Any] = {}
 
     # --- objects ---------------------------------------------------------------------------
 
@@ -277,6 +279,34 @@ class ObjectStore:
                         ],
                     )
             return _object(row)
+
+    async def set_fields(
+        self, tenant: str, key: str, values: dict[str, Any], now: dt.datetime
+    ) -> ObjectRecord | None:
+        """Overwrites the given columns and takes the next version in one statement, with no
+        read first: an update that only replaces fields cannot conflict with anything."""
+        names = tuple(sorted(values))
+        statement = self._set_statements.get(names)
+        if statement is None:
+            statement = (
+                update(_OBJECTS)
+                .where(
+                    _OBJECTS.c.tenant == bindparam("b_tenant"), _OBJECTS.c.key == bindparam("b_key")
+                )
+                .values(
+                    {
+                        **{name: bindparam(name) for name in names},
+                        "version": _OBJECTS.c.version + 1,
+                        "updated_at": bindparam("b_now"),
+                    }
+                )
+                .returning(*_OBJECTS.c)
+            )
+            self._set_statements[names] = statement
+        params = {**values, "b_tenant": tenant, "b_key": key, "b_now": now}
+        async with self._sessions.begin() as session:
+            row = (await session.execute(statement, params)).first()
+            return _object(row) if row else None
 
     async def delete_object(self, tenant: str, key: str) -> ObjectRecord | None:
         async with self._sessions.begin() as session:

@@ -230,6 +230,17 @@ class ObjectCatalog:
         raise InvalidArgument(f"object {key!r} changed too often to update; retry")
 
     async def update(self, tenant: str, key: str, patch: ObjectPatch) -> ObjectRecord:
+        overwrites: dict[str, Any] = {k: v for k, v in patch.strings.items() if v and k != "owner"}
+        if patch.frame is not None:
+            overwrites["frame"] = patch.frame
+        if patch.timestamp is not None:
+            overwrites["timestamp"] = patch.timestamp
+        if patch.transform is not None:
+            overwrites["transform"] = list(patch.transform)
+        if overwrites and not patch.add_assets and patch.handles is None:
+            # Nothing depends on the stored row: one statement, no read, no retry.
+            return await self._overwrite(tenant, key, overwrites)
+
         def apply(before: ObjectRecord) -> ObjectRecord:
             values: dict[str, Any] = {k: v for k, v in patch.strings.items() if v and k != "owner"}
             if patch.frame is not None:
@@ -245,6 +256,17 @@ class ObjectCatalog:
             return replace(before, **values)
 
         return await self._change(tenant, key, apply, EventType.OBJECT_EVENT_TYPE_UPDATED, "update")
+
+    async def _overwrite(self, tenant: str, key: str, values: dict[str, Any]) -> ObjectRecord:
+        if not KEY.match(key):
+            raise NotFound(f"object {key!r} not found")
+        async with self._serialised(key):
+            stored = await self._store.set_fields(tenant, key, values, self._clock())
+            if stored is None:
+                raise NotFound(f"object {key!r} not found")
+            CHANGES.labels("update").inc()
+            await self._publish(tenant, EventType.OBJECT_EVENT_TYPE_UPDATED, stored)
+            return stored
 
     async def overwrite_transform(
         self, tenant: str, key: str, transform: Sequence[float]

@@ -103,8 +103,15 @@ async def test_update_changes_only_what_is_sent(catalog: tuple[ObjectCatalog, Cl
     assert after.transform == transform  # no transform input: kept, not reset to identity
     assert after.assets == ["x", "y"]  # appended
     assert after.version == record.version + 1
-    moved = await objects.update(T, record.key, ObjectPatch(transform=[1.0] * 16))
-    assert moved.transform == [1.0] * 16 and moved.name == "b"
+    moved = await objects.update(T, record.key, ObjectPatch(transform=[1.0] * 16, frame=7))
+    assert moved.transform == [1.0] * 16 and moved.name == "b" and moved.frame == 7
+    assert moved.assets == ["x", "y"] and moved.version == after.version + 1
+    assert await objects.get(T, record.key) == moved
+    with pytest.raises(NotFound):
+        await objects.update(T, "e" * 24, ObjectPatch(strings={"name": "nobody"}))
+    with pytest.raises(NotFound):
+        await objects.update("other-tenant", record.key, ObjectPatch(strings={"name": "z"}))
+    assert (await objects.get(T, record.key)).name == "b"
 
 
 async def test_query_rules(catalog: tuple[ObjectCatalog, Clock]) -> None:
