@@ -260,6 +260,12 @@ async def _as(msg_type: int, transaction_id: str | None, call: Awaitable[T]) -> 
         raise
 
 
+async def _acknowledge(msg_type: int, call: Awaitable[object]) -> clyman_pb2.ObjectList:
+    """Runs a change CLyman answers with an empty envelope (delete, lock, unlock, assets)."""
+    await _as(msg_type, None, call)
+    return _object_list(msg_type, [], None)
+
+
 class ClymanServicer(clyman_pb2_grpc.ClymanServiceServicer):
     """CLyman's Object and Property APIs, each call scoped to the caller's tenant."""
 
@@ -291,8 +297,7 @@ class ClymanServicer(clyman_pb2_grpc.ClymanServiceServicer):
     async def DeleteObject(
         self, request: clyman_pb2.ClymanKeyRequest, context: grpc.aio.ServicerContext
     ) -> clyman_pb2.ObjectList:
-        await _as(OBJ_DEL, None, self._catalog.delete(current_tenant(), request.key))
-        return _object_list(OBJ_DEL, [], None)
+        return await _acknowledge(OBJ_DEL, self._catalog.delete(current_tenant(), request.key))
 
     async def QueryObjects(
         self, request: clyman_pb2.ClymanBodyRequest, context: grpc.aio.ServicerContext
@@ -306,42 +311,35 @@ class ClymanServicer(clyman_pb2_grpc.ClymanServiceServicer):
     async def LockObject(
         self, request: clyman_pb2.ClymanLockRequest, context: grpc.aio.ServicerContext
     ) -> clyman_pb2.ObjectList:
-        await _as(
+        return await _acknowledge(
             OBJ_LOCK,
-            None,
             self._catalog.lock(
                 current_tenant(), request.key, request.device, request.lock_ttl_seconds
             ),
         )
-        return _object_list(OBJ_LOCK, [], None)
 
     async def UnlockObject(
         self, request: clyman_pb2.ClymanLockRequest, context: grpc.aio.ServicerContext
     ) -> clyman_pb2.ObjectList:
-        await _as(
-            OBJ_UNLOCK, None, self._catalog.unlock(current_tenant(), request.key, request.device)
+        return await _acknowledge(
+            OBJ_UNLOCK, self._catalog.unlock(current_tenant(), request.key, request.device)
         )
-        return _object_list(OBJ_UNLOCK, [], None)
 
     async def AddAsset(
         self, request: clyman_pb2.ClymanAssetRequest, context: grpc.aio.ServicerContext
     ) -> clyman_pb2.ObjectList:
-        await _as(
+        return await _acknowledge(
             ASSET_ADD,
-            None,
             self._catalog.add_asset(current_tenant(), request.object_key, request.asset_key),
         )
-        return _object_list(ASSET_ADD, [], None)
 
     async def RemoveAsset(
         self, request: clyman_pb2.ClymanAssetRequest, context: grpc.aio.ServicerContext
     ) -> clyman_pb2.ObjectList:
-        await _as(
+        return await _acknowledge(
             ASSET_DEL,
-            None,
             self._catalog.remove_asset(current_tenant(), request.object_key, request.asset_key),
         )
-        return _object_list(ASSET_DEL, [], None)
 
     async def CreateProperties(
         self, request: clyman_pb2.ClymanBodyRequest, context: grpc.aio.ServicerContext
