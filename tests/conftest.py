@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from deploy.local.seaweed import SeaweedS3, free_port
-from services.runtime.auth import TokenSigner, generate_keypair
+from services.runtime.auth import TokenSigner, generate_keypair, write_worker_token
 from services.runtime.config import SERVICE_NAMES, ServiceConfig, load_service_config
 from services.runtime.server import RunningServer, start
 
@@ -71,13 +71,25 @@ def token_for(signer: TokenSigner) -> Callable[..., str]:
 
 
 @pytest.fixture(scope="session")
+def worker_token_file(signer: TokenSigner, tmp_root: Path) -> Path:
+    """A worker token (scope jobs.worker) in a file, as KILN_WORKER_TOKEN_FILE names it."""
+    path = tmp_root / "keys" / "worker.token"
+    write_worker_token(signer, path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def bucket_name() -> str:
     return f"kiln-test-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="session")
 def base_env(
-    s3: SeaweedS3, jwt_keys: tuple[Path, Path], tmp_root: Path, bucket_name: str
+    s3: SeaweedS3,
+    jwt_keys: tuple[Path, Path],
+    tmp_root: Path,
+    bucket_name: str,
+    worker_token_file: Path,
 ) -> dict[str, str]:
     """The KILN_* variables every in-process service of the session shares."""
     env = {
@@ -88,6 +100,7 @@ def base_env(
         "KILN_S3_BUCKET": bucket_name,
         "KILN_JWT_PRIVATE_KEY_FILE": str(jwt_keys[0]),
         "KILN_JWT_PUBLIC_KEY_FILES": str(jwt_keys[1]),
+        "KILN_WORKER_TOKEN_FILE": str(worker_token_file),
         "KILN_LOG_FORMAT": "text",
         "KILN_LOG_LEVEL": "WARNING",
     }

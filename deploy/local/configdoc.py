@@ -23,7 +23,9 @@ from services.runtime.config import (
     PER_SERVICE_VARIABLES,
     SERVICE_PORTS,
     AuthConfig,
+    JobsConfig,
     StorageConfig,
+    WorkerConfig,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +35,8 @@ PAGE = REPO_ROOT / "docs" / "configuration.md"
 SECTIONS: tuple[tuple[str, type[Any]], ...] = (
     ("Blob storage (S3)", StorageConfig),
     ("Access tokens", AuthConfig),
+    ("Jobs", JobsConfig),
+    ("Job workers", WorkerConfig),
 )
 
 Row = tuple[str, str, str]

@@ -43,7 +43,7 @@ from types import FrameType
 from typing import Any
 
 from deploy.local.seaweed import SeaweedS3, free_port
-from services.runtime.auth import ensure_keypair
+from services.runtime.auth import TokenSigner, ensure_keypair, write_worker_token
 from services.runtime.config import (
     SERVICE_NAMES,
     load_gateway_config,
@@ -101,6 +101,8 @@ class Settings:
     demo_client_secret: str
     grace_seconds: float
     demo_tenant: str = "demo"
+    worker_token: Path = Path("keys/worker.token")
+    issuer: str = "kiln"
 
     @property
     def stop_grace(self) -> float:
@@ -176,6 +178,7 @@ class Settings:
                 "KILN_S3_SECURE": "false",
                 "KILN_S3_BUCKET": self.s3_bucket,
                 "KILN_JWT_PRIVATE_KEY_FILE": str(self.private_key),
+                "KILN_WORKER_TOKEN_FILE": str(self.worker_token),
                 "KILN_DESCRIPTOR_SET": str(self.descriptor_set),
                 "KILN_DEMO_CLIENT_ID": self.demo_client_id,
                 "KILN_DEMO_CLIENT_SECRET": self.demo_client_secret,
@@ -235,6 +238,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         demo_client_secret=gateway.demo_client_secret,
         grace_seconds=first.shutdown_grace_seconds,
         demo_tenant=gateway.demo_tenant,
+        worker_token=Path(first.worker.token_file).resolve(),
+        issuer=gateway.auth.issuer,
     )
 
 
@@ -665,6 +670,13 @@ class Supervisor:
                 )
             time.sleep(0.2)
 
+    def mint_worker_token(self) -> None:
+        """A fresh worker token for the render and archive workers, at every start, so a
+        suite left running for weeks restarts with a valid one."""
+        s = self.settings
+        signer = TokenSigner.from_file(s.private_key, issuer=s.issuer, ttl_seconds=3600)
+        write_worker_token(signer, s.worker_token)
+
     def start(self, environ: Mapping[str, str]) -> None:
         s = self.settings
         env = s.child_env(environ)
@@ -750,6 +762,7 @@ class Supervisor:
         status = EXIT_FAILED
         try:
             ensure_keypair(s.private_key, s.public_key)
+            self.mint_worker_token()
             self.start(environ)
             print(banner(s, detached=False), flush=True)
             status = self.supervise()

@@ -24,6 +24,14 @@ from services.runtime.errors import AuthError, ConfigError, TokenExpired
 
 ALGORITHM = "EdDSA"
 
+#: The scope WorkerService requires. Only worker tokens carry it: a client's `*` scope does
+#: not include it, since a worker sees every tenant's jobs.
+WORKER_SCOPE = "jobs.worker"
+#: The tenant named in worker tokens; workers act for each job's own tenant, never this one.
+WORKER_TENANT = "_workers"
+#: Worker tokens live long (they are re-read from their file as they near expiry).
+WORKER_TOKEN_TTL_SECONDS = 30 * 24 * 3600
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -38,6 +46,11 @@ class Principal:
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes or "*" in self.scopes
+
+    @property
+    def is_worker(self) -> bool:
+        """A worker token: granted explicitly, never through `*`."""
+        return WORKER_SCOPE in self.scopes
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -111,6 +124,27 @@ class TokenSigner:
         }
         token = jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self._kid})
         return token, ttl
+
+
+def write_worker_token(
+    signer: TokenSigner,
+    path: Path,
+    *,
+    worker_id: str = "kiln-worker",
+    ttl_seconds: int | None = None,
+) -> str:
+    """Mints a worker token into `path` (0600) and answers it; the launcher and tests use it,
+    operators put the same into a Secret."""
+    token, _ = signer.issue(
+        client_id=worker_id,
+        tenant=WORKER_TENANT,
+        scopes=[WORKER_SCOPE],
+        ttl_seconds=WORKER_TOKEN_TTL_SECONDS if ttl_seconds is None else ttl_seconds,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.write_text(token + "\n")
+    return token
 
 
 class TokenVerifier:

@@ -50,7 +50,7 @@ class GroupCommit(Generic[T, R]):
             del self._pending[: self._max_batch]
             try:
                 results = await self._run([item for item, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - handed to every submitter of the batch
+            except Exception as exc:  # handed to every submitter of the batch
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)

@@ -91,6 +91,68 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class JobsConfig:
+    """How the jobs service retries, expires and keeps jobs."""
+
+    max_attempts: int = _env_field(
+        "KILN_JOBS_MAX_ATTEMPTS", 3, "Attempts a job gets unless it asks for another number."
+    )
+    """Attempts a job gets when its creator asks for none; a job whose last attempt fails (or
+    whose worker's lease expires on the last attempt) ends FAILED with the last error."""
+    backoff_seconds: float = _env_field(
+        "KILN_JOBS_BACKOFF_SECONDS", 1.0, "Delay before the first retry; doubles per attempt."
+    )
+    """Delay before a job's first retry, in seconds; each later retry waits twice as long."""
+    backoff_max_seconds: float = _env_field(
+        "KILN_JOBS_BACKOFF_MAX_SECONDS", 300.0, "Longest delay between retries."
+    )
+    """Cap on the retry delay, in seconds."""
+    retention_seconds: int = _env_field(
+        "KILN_JOBS_RETENTION_SECONDS",
+        7 * 24 * 3600,
+        "How long finished jobs and their outputs are kept (default 7 days).",
+    )
+    """How long a finished job, its history and its output files are kept, in seconds."""
+    reap_interval_seconds: float = _env_field(
+        "KILN_JOBS_REAP_INTERVAL_SECONDS",
+        1.0,
+        "How often expired leases are requeued and old jobs purged.",
+    )
+    """How often, in seconds, each replica requeues jobs whose lease expired (and, a hundred
+    times less often, purges jobs past their retention)."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker process (render, archive) leases and runs jobs."""
+
+    token_file: str = _env_field(
+        "KILN_WORKER_TOKEN_FILE",
+        "",
+        "Access token with the jobs.worker scope (default: <data dir>/keys/worker.token).",
+    )
+    """File holding the worker's access token (scope `jobs.worker`); re-read when the token
+    nears expiry, so rotating the file rotates the token
+    (default `<data dir>/keys/worker.token`)."""
+    concurrency: int = _env_field(
+        "KILN_WORKER_CONCURRENCY", 4, "Jobs one worker process runs at once."
+    )
+    """Jobs one worker process runs at once."""
+    lease_seconds: float = _env_field(
+        "KILN_WORKER_LEASE_SECONDS", 30.0, "Lease length; a silent worker's jobs return after it."
+    )
+    """Length of each lease, in seconds: a worker that stops heartbeating loses its jobs to the
+    queue this long after its last heartbeat."""
+    heartbeat_seconds: float = _env_field(
+        "KILN_WORKER_HEARTBEAT_SECONDS",
+        5.0,
+        "Heartbeat period; a cancel reaches a running job within it.",
+    )
+    """Heartbeat period, in seconds; cancellation reaches a running job within one period.
+    Must be under half the lease."""
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """Settings of one gRPC service process."""
 
@@ -120,6 +182,10 @@ class ServiceConfig:
     """host:port of the jobs service, for services that submit or run jobs."""
     objects_target: str
     """host:port of the objects service, for services that read assets or objects."""
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    """The jobs service's retry, lease-expiry and retention settings."""
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    """Settings of the job workers inside render and archive."""
     objects_subscriber_queue: int = 1024
     """Events queued per live subscriber before it is dropped (KILN_OBJECTS_SUBSCRIBER_QUEUE)."""
     objects_udp_port: int = -1
@@ -297,6 +363,8 @@ class _Env:
             var = f.metadata["env"]
             if isinstance(f.default, bool):
                 values[f.name] = self.flag(var, f.default)
+            elif isinstance(f.default, float):
+                values[f.name] = self.number(var, f.default)
             elif isinstance(f.default, int):
                 values[f.name] = self.integer(var, f.default)
             else:
@@ -353,6 +421,13 @@ def load_service_config(name: str, environ: Mapping[str, str] | None = None) -> 
     aes_iv = env.text("KILN_OBJECTS_UDP_AES_IV", "")
     if name == "objects":
         _validate_objects(subscriber_queue, udp_port, udp_tenant, aes_key, aes_iv)
+    jobs: JobsConfig = env.section(JobsConfig)
+    _validate_jobs(jobs)
+    worker: WorkerConfig = env.section(WorkerConfig)
+    worker = dataclasses.replace(
+        worker, token_file=worker.token_file or str(data_dir / "keys" / "worker.token")
+    )
+    _validate_worker(worker)
     return ServiceConfig(
         name=name,
         host=env.text("KILN_HOST", "127.0.0.1"),
@@ -375,7 +450,32 @@ def load_service_config(name: str, environ: Mapping[str, str] | None = None) -> 
         objects_udp_tenant=udp_tenant,
         objects_udp_aes_key=aes_key,
         objects_udp_aes_iv=aes_iv,
+        jobs=jobs,
+        worker=worker,
     )
+
+
+def _validate_jobs(jobs: JobsConfig) -> None:
+    if jobs.max_attempts < 1:
+        raise ConfigError("KILN_JOBS_MAX_ATTEMPTS must be at least 1")
+    if jobs.backoff_seconds < 0 or jobs.backoff_max_seconds < jobs.backoff_seconds:
+        raise ConfigError(
+            "KILN_JOBS_BACKOFF_SECONDS must be >= 0 and at most KILN_JOBS_BACKOFF_MAX_SECONDS"
+        )
+    if jobs.retention_seconds < 0:
+        raise ConfigError("KILN_JOBS_RETENTION_SECONDS must be >= 0")
+    if jobs.reap_interval_seconds <= 0:
+        raise ConfigError("KILN_JOBS_REAP_INTERVAL_SECONDS must be > 0")
+
+
+def _validate_worker(worker: WorkerConfig) -> None:
+    if worker.concurrency < 1:
+        raise ConfigError("KILN_WORKER_CONCURRENCY must be at least 1")
+    if worker.lease_seconds <= 0 or not 0 < worker.heartbeat_seconds < worker.lease_seconds / 2:
+        # Under half the lease, one late heartbeat never costs a healthy worker its job.
+        raise ConfigError(
+            "KILN_WORKER_HEARTBEAT_SECONDS must be > 0 and under half of KILN_WORKER_LEASE_SECONDS"
+        )
 
 
 def _validate_objects(queue: int, udp_port: int, tenant: str, aes_key: str, aes_iv: str) -> None:
