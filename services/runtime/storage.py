@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import urllib3
 from minio import Minio
+from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
 from services.runtime.config import StorageConfig
@@ -290,6 +291,27 @@ class BlobStore:
 
     async def delete(self, key: str) -> None:
         await self._call(self.client.remove_object, self.bucket, key)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Removes every object whose key starts with `prefix`; answers how many."""
+        if not prefix.endswith("/"):
+            # A bare "jobs/1" would also match "jobs/10/…".
+            raise ValueError(f"prefix {prefix!r} must end with '/'")
+
+        def remove_all() -> int:
+            names = [
+                obj.object_name
+                for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                if obj.object_name
+            ]
+            if not names:
+                return 0
+            errors = list(self.client.remove_objects(self.bucket, (DeleteObject(n) for n in names)))
+            if errors:
+                raise OSError(f"could not remove {len(errors)} objects under {prefix}: {errors[0]}")
+            return len(names)
+
+        return await self._call(remove_all)
 
     async def presigned_get_url(
         self,

@@ -150,3 +150,16 @@ async def test_wrong_credentials_are_a_storage_error(s3: SeaweedS3, bucket_name:
     ):
         await bad.stat("anything")
     await bad.close()
+
+
+async def test_delete_prefix_removes_only_that_prefix(store: BlobStore) -> None:
+    base = f"prefix-{uuid.uuid4().hex[:8]}"
+    for key in (f"{base}/1/a", f"{base}/1/sub/b", f"{base}/10/c"):
+        await store.put_bytes(key, b"x")
+    assert await store.delete_prefix(f"{base}/1/") == 2
+    assert await store.stat(f"{base}/1/a") is None
+    assert await store.stat(f"{base}/1/sub/b") is None
+    assert await store.stat(f"{base}/10/c") is not None
+    assert await store.delete_prefix(f"{base}/1/") == 0
+    with pytest.raises(ValueError):
+        await store.delete_prefix(f"{base}/1")

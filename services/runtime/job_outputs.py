@@ -1,0 +1,35 @@
+"""Where a job's output files live in the bucket.
+
+Every output sits under its job's prefix, named by the worker: a retried attempt writes the same
+keys again (overwriting, never duplicating), cancelling or purging a job removes the prefix,
+and the jobs service can serve any output knowing only the job id and the name.
+"""
+
+from __future__ import annotations
+
+import re
+
+from services.runtime.errors import InvalidArgument
+
+#: Output names are plain file names: no separators, no dot-only names, no control characters.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,199}")
+
+
+def output_prefix(job_id: str) -> str:
+    """The prefix every output of `job_id` lives under, ending in '/'."""
+    return f"jobs/{job_id}/outputs/"
+
+
+def output_key(job_id: str, name: str) -> str:
+    """The object key of output `name` of `job_id`; refuses names that could leave the prefix."""
+    check_output_name(name)
+    return output_prefix(job_id) + name
+
+
+def check_output_name(name: str) -> None:
+    if not _NAME.fullmatch(name) or name.endswith((".", " ")):
+        raise InvalidArgument(
+            f"output name {name!r} must be a plain file name (letters, digits, '.', '_', '-', "
+            "' '; at most 200 characters)",
+            field="name",
+        )
