@@ -1,21 +1,51 @@
-"""Wires the jobs service. Its RPCs arrive with the jobs issue (#4); until then the server runs
-with health, reflection and metrics, and JobService answers UNIMPLEMENTED."""
+"""Wires the jobs service: database, wake-up relay, queue maintenance, servicers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
+from services.jobs.jobs import JobQueue
+from services.jobs.servicer import JobServicer, WorkerServicer
+from services.jobs.signals import Signals
+from services.runtime import db
 from services.runtime.config import ServiceConfig
 from services.runtime.server import Registration, servicers
+from services.runtime.storage import BlobStore
+
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def build(config: ServiceConfig) -> Registration:
-    del config
-    return servicers(
+    engine = db.create_engine(config.database_url)
+    await db.migrate(engine, "jobs", MIGRATIONS)
+    blobs = BlobStore(config.storage)
+    await blobs.ensure_bucket()
+    signals = Signals()
+    await signals.start(db.postgres_dsn(config.database_url))
+    queue = JobQueue(engine, signals, config.jobs, blobs)
+    queue.start_maintenance()
+    registration = servicers(
         (
             jobs_pb2,
             "JobService",
             jobs_pb2_grpc.add_JobServiceServicer_to_server,
-            jobs_pb2_grpc.JobServiceServicer(),
+            JobServicer(queue),
+        ),
+        (
+            jobs_pb2,
+            "WorkerService",
+            jobs_pb2_grpc.add_WorkerServiceServicer_to_server,
+            WorkerServicer(queue),
         ),
     )
+
+    async def close() -> None:
+        await queue.close()
+        await signals.close()
+        await engine.dispose()
+        await blobs.close()
+
+    registration.on_stop = [close]
+    return registration

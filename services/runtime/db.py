@@ -57,6 +57,15 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
+def postgres_dsn(database_url: str) -> str | None:
+    """The plain DSN asyncpg takes (LISTEN/NOTIFY connections) for a PostgreSQL URL; None for
+    SQLite, whose processes have no one to notify."""
+    url = make_url(database_url)
+    if not url.drivername.startswith("postgresql"):
+        return None
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 

@@ -4,19 +4,24 @@
     ├── ConfigError        a setting is missing or malformed; the process refuses to start
     ├── AuthError          credentials are missing, malformed, tampered with or expired
     │   └── TokenExpired   a once-valid token whose time has passed
+    ├── PermissionDenied   valid credentials without the scope the call needs
     ├── NotFound           a resource does not exist for the caller's tenant
     ├── InvalidArgument    a request field failed validation
     │   ├── MissingField   a required field is absent
     │   └── MalformedBody  the body is not the JSON the route expects
     ├── FailedPrecondition the resource is not in a state that allows the call
-    │   └── LockHeld       another device holds the object's lock
+    │   ├── LockHeld       another device holds the object's lock
+    │   ├── LeaseLost      a worker's lease on a job has ended (expired, or the job finished)
+    │   └── JobCanceled    the job a worker reports on was cancelled by its owner
     ├── ResourceExhausted  a limit was reached
     │   ├── TooLarge       a body or upload exceeds a configured limit
     │   └── FellBehind     a subscriber overflowed its queue and was dropped
-    └── StorageError       the S3 store failed in a way the caller cannot fix
+    ├── StorageError       the S3 store failed in a way the caller cannot fix
+    └── JobFailed          a job handler gives up on its job (worker side, never an RPC status)
 
 Servicers raise these; `services.runtime.status` turns them into gRPC statuses with a
-`google.rpc.ErrorInfo` detail, so the gateway can render each API's own error body.
+`google.rpc.ErrorInfo` detail, so the gateway can render each API's own error body. Job
+handlers raise JobFailed, which the worker library reports with FailJob.
 """
 
 from __future__ import annotations
@@ -60,6 +65,12 @@ class TokenExpired(AuthError):
     reason = "ERROR_REASON_TOKEN_EXPIRED"
 
 
+class PermissionDenied(KilnError):
+    """The caller is authenticated but its token lacks the scope the call needs."""
+
+    reason = "ERROR_REASON_INSUFFICIENT_SCOPE"
+
+
 class NotFound(KilnError):
     """The resource does not exist for the caller's tenant."""
 
@@ -94,6 +105,20 @@ class LockHeld(FailedPrecondition):
     reason = "ERROR_REASON_LOCK_HELD"
 
 
+class LeaseLost(FailedPrecondition):
+    """A worker's lease on a job has ended: it expired and the job went back to the queue (or
+    to another worker), or the job already finished. The worker must stop and report nothing."""
+
+    reason = "ERROR_REASON_LEASE_LOST"
+
+
+class JobCanceled(FailedPrecondition):
+    """The job's owner cancelled it while a worker held it: the worker stops and removes its
+    partial outputs."""
+
+    reason = "ERROR_REASON_JOB_CANCELED"
+
+
 class ResourceExhausted(KilnError):
     """A limit was reached."""
 
@@ -112,3 +137,18 @@ class FellBehind(ResourceExhausted):
 
 class StorageError(KilnError):
     """The S3 store failed in a way the caller cannot fix."""
+
+
+class JobFailed(KilnError):
+    """Raised by a job handler to end its attempt with an error the job's owner may read.
+
+    The worker library reports it with `WorkerService.FailJob`: `retryable=True` lets the jobs
+    service queue the job again with backoff while attempts remain (a timeout, an input that was
+    not reachable yet); the default, False, fails the job at once (bad input: another attempt
+    would fail the same way). Any other exception a handler raises is reported as retryable,
+    with a short message that does not leak its text.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable

@@ -13,6 +13,7 @@ DOMAIN = "kiln.dev"
 
 _CODES: tuple[tuple[type[errors.KilnError], grpc.StatusCode], ...] = (
     (errors.AuthError, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),

@@ -1,0 +1,214 @@
+"""Wake-ups: waiting workers when jobs of their kinds are queued, watchers when a job changes.
+
+Inside one replica a change wakes its waiters directly. On PostgreSQL the same change is also
+announced with `pg_notify` inside the transaction that made it, so other replicas hear of it
+exactly when it commits (never before, never for a rolled-back change), and each replica
+LISTENs on one connection of its own. A replica that loses its LISTEN connection wakes every
+waiter when it is back: notifications sent meanwhile are lost, and a spurious wake-up costs a
+re-read, while a missed one would leave a worker idle with work queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import sqlalchemy as sa
+from prometheus_client import Counter
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+log = logging.getLogger("kiln.jobs.signals")
+
+CHANNEL = "kiln_jobs"
+#: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
+_MAX_PAYLOAD = 7900
+
+NOTIFY_RECONNECTS = Counter(
+    "kiln_jobs_listen_reconnects_total", "Times the jobs LISTEN connection was re-established."
+)
+
+
+class Signals:
+    """Local wake-ups, plus the PostgreSQL relay when the database is PostgreSQL."""
+
+    def __init__(self) -> None:
+        self.origin = uuid.uuid4().hex[:12]
+        self._kind_waiters: dict[str, set[asyncio.Event]] = {}
+        self._job_waiters: dict[str, set[asyncio.Event]] = {}
+        self._listener: _Listener | None = None
+
+    # --- waiting -----------------------------------------------------------------------------
+
+    def kinds_waiter(self, kinds: Sequence[str]) -> _Registration:
+        return _Registration(self._kind_waiters, kinds)
+
+    def job_waiter(self, job_id: str) -> _Registration:
+        return _Registration(self._job_waiters, [job_id])
+
+    # --- announcing --------------------------------------------------------------------------
+
+    def wake_local(self, *, kinds: Iterable[str] = (), job_ids: Iterable[str] = ()) -> None:
+        for kind in kinds:
+            for event in self._kind_waiters.get(kind, ()):
+                event.set()
+        for job_id in job_ids:
+            for event in self._job_waiters.get(job_id, ()):
+                event.set()
+
+    def wake_all(self) -> None:
+        for registry in (self._kind_waiters, self._job_waiters):
+            for events in registry.values():
+                for event in events:
+                    event.set()
+
+    async def announce(
+        self, conn: AsyncConnection, *, kinds: Iterable[str] = (), job_ids: Iterable[str] = ()
+    ) -> None:
+        """Queues the notification in `conn`'s transaction (PostgreSQL only): it is delivered
+        to the other replicas when, and only if, the transaction commits."""
+        if self._listener is None:
+            return
+        payloads = encode(self.origin, sorted(set(kinds)), sorted(set(job_ids)))
+        if payloads:
+            await conn.execute(
+                sa.text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) p"),
+                {"channel": CHANNEL, "payloads": payloads},
+            )
+
+    # --- the relay ---------------------------------------------------------------------------
+
+    async def start(self, dsn: str | None) -> None:
+        """Listens on PostgreSQL at `dsn` (an asyncpg DSN); None: this replica is alone."""
+        if dsn is None:
+            return
+        self._listener = _Listener(dsn, self)
+        await self._listener.start()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+        self.wake_all()
+
+    def on_payload(self, payload: str) -> None:
+        decoded = decode(payload)
+        if decoded is None:
+            log.warning("ignored an unreadable jobs notification")
+            return
+        origin, kinds, job_ids = decoded
+        if origin != self.origin:
+            self.wake_local(kinds=kinds, job_ids=job_ids)
+
+
+class _Registration:
+    """An event set whenever any of its keys is announced; use as a context manager."""
+
+    def __init__(self, registry: dict[str, set[asyncio.Event]], keys: Sequence[str]) -> None:
+        self._registry = registry
+        self._keys = list(dict.fromkeys(keys))
+        self.event = asyncio.Event()
+
+    def __enter__(self) -> asyncio.Event:
+        for key in self._keys:
+            self._registry.setdefault(key, set()).add(self.event)
+        return self.event
+
+    def __exit__(self, *exc: object) -> None:
+        for key in self._keys:
+            events = self._registry.get(key)
+            if events is not None:
+                events.discard(self.event)
+                if not events:
+                    del self._registry[key]
+
+
+def encode(origin: str, kinds: Sequence[str], job_ids: Sequence[str]) -> list[str]:
+    """Payloads `origin|kind,kind|id,id`, split to stay under PostgreSQL's size limit."""
+    payloads: list[str] = []
+    items = [("k", k) for k in kinds] + [("j", j) for j in job_ids]
+    current_kinds: list[str] = []
+    current_ids: list[str] = []
+    size = len(origin) + 2
+    for tag, value in items:
+        if size + len(value) + 1 > _MAX_PAYLOAD and (current_kinds or current_ids):
+            payloads.append(f"{origin}|{','.join(current_kinds)}|{','.join(current_ids)}")
+            current_kinds, current_ids, size = [], [], len(origin) + 2
+        (current_kinds if tag == "k" else current_ids).append(value)
+        size += len(value) + 1
+    if current_kinds or current_ids:
+        payloads.append(f"{origin}|{','.join(current_kinds)}|{','.join(current_ids)}")
+    return payloads
+
+
+def decode(payload: str) -> tuple[str, list[str], list[str]] | None:
+    parts = payload.split("|")
+    if len(parts) != 3:
+        return None
+    origin, kinds, ids = parts
+    return origin, [k for k in kinds.split(",") if k], [j for j in ids.split(",") if j]
+
+
+class _Listener:
+    """One LISTEN connection, reconnecting with backoff; wakes everyone after a gap."""
+
+    KEEPALIVE_SECONDS = 10.0
+    CONNECT_TIMEOUT = 5.0
+
+    def __init__(self, dsn: str, signals: Signals) -> None:
+        self._dsn = dsn
+        self._signals = signals
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._connected = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="kiln-jobs-listen")
+        # A replica that reports serving must hear every change committed after that.
+        await asyncio.wait_for(self._connected.wait(), 30.0)
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while not self._closing:
+            conn: Any = None
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=self.CONNECT_TIMEOUT)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(
+                    CHANNEL, lambda _c, _pid, _ch, payload: self._signals.on_payload(payload)
+                )
+                if self._connected.is_set():
+                    self._signals.wake_all()  # notifications during the gap are lost
+                self._connected.set()
+                delay = 0.1
+                while not lost.is_set():
+                    try:
+                        await asyncio.wait_for(lost.wait(), self.KEEPALIVE_SECONDS)
+                    except TimeoutError:
+                        # A silently dead peer is only noticed by talking to it.
+                        await conn.fetchval("SELECT 1", timeout=self.CONNECT_TIMEOUT)
+                raise ConnectionError("LISTEN connection closed")
+            except asyncio.CancelledError:
+                if conn is not None:
+                    conn.terminate()
+                raise
+            except Exception as exc:  # whatever the driver raises: never stop listening
+                if conn is not None:
+                    conn.terminate()
+                if self._closing:
+                    return
+                NOTIFY_RECONNECTS.inc()
+                log.warning("jobs LISTEN connection lost; reconnecting", extra={"error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task

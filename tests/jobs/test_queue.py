@@ -1,0 +1,293 @@
+"""The job queue against real SQLite and PostgreSQL: states, leases, retries, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.jobs.jobs import JobQueue
+from services.jobs.main import MIGRATIONS
+from services.jobs.signals import Signals
+from services.jobs.store import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED
+from services.runtime import db
+from services.runtime.config import JobsConfig
+from services.runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    JobCanceled,
+    LeaseLost,
+    MissingField,
+    NotFound,
+)
+
+FAST = JobsConfig(max_attempts=3, backoff_seconds=0.05, backoff_max_seconds=0.2)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    async with db.migrated_engine(database_url, "jobs", MIGRATIONS) as migrated:
+        yield migrated
+
+
+async def open_queue(
+    engine: AsyncEngine, database_url: str, config: JobsConfig = FAST
+) -> tuple[JobQueue, Signals]:
+    signals = Signals()
+    await signals.start(db.postgres_dsn(database_url))
+    return JobQueue(engine, signals, config), signals
+
+
+@pytest.fixture
+async def queue(engine: AsyncEngine, database_url: str) -> AsyncIterator[JobQueue]:
+    jobs, signals = await open_queue(engine, database_url)
+    yield jobs
+    await jobs.close()
+    await signals.close()
+
+
+async def lease_one(queue: JobQueue, kind: str = "test.echo", **kw: float) -> tuple[str, str]:
+    records, lease_id = await queue.lease(
+        kinds=[kind],
+        max_jobs=1,
+        lease_seconds=kw.get("lease_seconds", 30.0),
+        wait_seconds=kw.get("wait_seconds", 2.0),
+        worker="w1",
+    )
+    assert len(records) == 1
+    return records[0].id, lease_id
+
+
+async def test_a_job_runs_its_whole_course_with_history(queue: JobQueue) -> None:
+    created = await queue.create("t1", kind="test.echo", params={"n": 1})
+    assert created.status == QUEUED and created.seq > 0 and created.id.startswith("job_")
+    job_id, lease_id = await lease_one(queue)
+    assert job_id == created.id
+    running = await queue.get("t1", job_id=job_id)
+    assert running.status == RUNNING and running.attempt == 1
+    cancelled, _ = await queue.heartbeat(job_id, lease_id, progress=0.5, lease_seconds=10)
+    assert not cancelled
+    assert (await queue.get("t1", job_id=job_id)).progress == 0.5
+    done = await queue.complete(
+        job_id,
+        lease_id,
+        result={"answer": 42},
+        outputs=[{"name": "out.txt", "content_type": "text/plain", "size": 3}],
+    )
+    assert done.status == SUCCEEDED
+    final = await queue.get("t1", seq=created.seq)
+    assert final.result == {"answer": 42} and final.progress == 1.0
+    assert [t.status for t in final.history] == [QUEUED, RUNNING, SUCCEEDED]
+    assert final.ended_at is not None
+    with pytest.raises(LeaseLost):
+        await queue.complete(job_id, lease_id, result={}, outputs=[])
+
+
+async def test_other_tenants_cannot_see_or_cancel_a_job(queue: JobQueue) -> None:
+    job = await queue.create("t1", kind="test.echo", params={})
+    with pytest.raises(NotFound):
+        await queue.get("t2", job_id=job.id)
+    with pytest.raises(NotFound):
+        await queue.get("t2", seq=job.seq)
+    with pytest.raises(NotFound):
+        await queue.cancel("t2", job.id)
+    listed, _ = await queue.list_jobs("t2", kind="", status=0, page_size=10, page_token="")
+    assert job.id not in {r.id for r in listed}
+
+
+async def test_concurrent_creates_with_one_request_id_make_one_job(queue: JobQueue) -> None:
+    records = await asyncio.gather(
+        *(
+            queue.create("t1", kind="test.echo", params={"i": i}, request_id="same-key")
+            for i in range(200)
+        )
+    )
+    assert len({r.id for r in records}) == 1
+    listed, _ = await queue.list_jobs("t1", kind="test.echo", status=0, page_size=500, page_token="")
+    assert len([r for r in listed if r.request_id == "same-key"]) == 1
+    # The key is per tenant.
+    other = await queue.create("t2", kind="test.echo", params={}, request_id="same-key")
+    assert other.id != records[0].id
+
+
+async def test_listing_pages_newest_first_and_filters(queue: JobQueue) -> None:
+    ids = [(await queue.create("t3", kind="test.list", params={})).id for _ in range(5)]
+    await queue.create("t3", kind="test.other", params={})
+    page, token = await queue.list_jobs("t3", kind="test.list", status=0, page_size=2, page_token="")
+    assert [r.id for r in page] == ids[::-1][:2] and token
+    rest: list[str] = [r.id for r in page]
+    while token:
+        page, token = await queue.list_jobs(
+            "t3", kind="test.list", status=0, page_size=2, page_token=token
+        )
+        rest += [r.id for r in page]
+    assert rest == ids[::-1]
+    queued, _ = await queue.list_jobs("t3", kind="", status=QUEUED, page_size=50, page_token="")
+    assert len(queued) == 6
+    with pytest.raises(InvalidArgument):
+        await queue.list_jobs("t3", kind="", status=0, page_size=2, page_token="garbage!")
+
+
+async def test_bad_input_is_refused_and_changes_nothing(queue: JobQueue) -> None:
+    with pytest.raises(MissingField):
+        await queue.create("t4", kind="", params={})
+    with pytest.raises(InvalidArgument):
+        await queue.create("t4", kind="../etc", params={})
+    with pytest.raises(InvalidArgument):
+        await queue.create("t4", kind="ok", params={}, request_id="x" * 129)
+    with pytest.raises(InvalidArgument):
+        await queue.create("t4", kind="ok", params={}, max_attempts=1000)
+    listed, _ = await queue.list_jobs("t4", kind="", status=0, page_size=10, page_token="")
+    assert listed == []
+    with pytest.raises(MissingField):
+        await queue.lease(kinds=[], max_jobs=1, lease_seconds=1, wait_seconds=0, worker="w")
+    with pytest.raises(MissingField):
+        await queue.heartbeat("job_x", "", progress=0, lease_seconds=0)
+    job = await queue.create("t4", kind="test.bad", params={})
+    job_id, lease_id = await lease_one(queue, "test.bad")
+    assert job_id == job.id
+    with pytest.raises(InvalidArgument):
+        await queue.heartbeat(job_id, lease_id, progress=1.5, lease_seconds=0)
+    with pytest.raises(InvalidArgument):
+        await queue.complete(job_id, lease_id, result={}, outputs=[{"name": "../escape"}])
+    with pytest.raises(InvalidArgument):
+        await queue.complete(job_id, lease_id, result={}, outputs=[{"name": "a"}, {"name": "a"}])
+    with pytest.raises(LeaseLost):
+        await queue.complete(job_id, "not-the-lease", result={}, outputs=[])
+    assert (await queue.get("t4", job_id=job_id)).status == RUNNING
+
+
+async def test_retryable_failures_back_off_then_fail_with_the_last_error(queue: JobQueue) -> None:
+    job = await queue.create("t5", kind="test.flaky", params={}, max_attempts=2)
+    job_id, lease_id = await lease_one(queue, "test.flaky")
+    retried = await queue.fail(job_id, lease_id, error="timeout 1", retryable=True)
+    assert retried.status == QUEUED and retried.run_after > retried.updated_at
+    # Not before its backoff: an immediate lease finds nothing.
+    early, _ = await queue.lease(
+        kinds=["test.flaky"], max_jobs=1, lease_seconds=5, wait_seconds=0, worker="w"
+    )
+    assert early == []
+    started = time.monotonic()
+    job_id2, lease_id2 = await lease_one(queue, "test.flaky", wait_seconds=2.0)
+    assert job_id2 == job.id and time.monotonic() - started < 1.0  # woken when due
+    failed = await queue.fail(job_id2, lease_id2, error="timeout 2", retryable=True)
+    assert failed.status == FAILED and failed.error == "timeout 2" and failed.attempt == 2
+    history = (await queue.get("t5", job_id=job.id)).history
+    assert [t.status for t in history] == [QUEUED, RUNNING, QUEUED, RUNNING, FAILED]
+    assert "timeout 1" in history[2].reason
+
+
+async def test_a_final_error_fails_at_once(queue: JobQueue) -> None:
+    await queue.create("t6", kind="test.final", params={}, max_attempts=5)
+    job_id, lease_id = await lease_one(queue, "test.final")
+    failed = await queue.fail(job_id, lease_id, error="bad input image", retryable=False)
+    assert failed.status == FAILED and failed.attempt == 1
+
+
+async def test_an_expired_lease_requeues_then_fails_on_the_last_attempt(queue: JobQueue) -> None:
+    job = await queue.create("t7", kind="test.crash", params={}, max_attempts=2)
+    job_id, lease_id = await lease_one(queue, "test.crash", lease_seconds=0.1)
+    await asyncio.sleep(0.2)
+    assert await queue.reap() == 1
+    requeued = await queue.get("t7", job_id=job.id)
+    assert requeued.status == QUEUED and "lease expired" in requeued.error
+    with pytest.raises(LeaseLost):
+        await queue.heartbeat(job_id, lease_id, progress=0.1, lease_seconds=1)
+    job_id2, lease_id2 = await lease_one(queue, "test.crash", lease_seconds=0.1)
+    assert lease_id2 != lease_id
+    await asyncio.sleep(0.2)
+    assert await queue.reap() == 1
+    final = await queue.get("t7", job_id=job.id)
+    assert final.status == FAILED and "attempt 2 of 2" in final.error
+
+
+async def test_cancel_ends_queued_at_once_and_running_at_the_heartbeat(queue: JobQueue) -> None:
+    queued = await queue.create("t8", kind="test.cancel", params={})
+    cancelled = await queue.cancel("t8", queued.id)
+    assert cancelled.status == CANCELED and cancelled.history[-1].status == CANCELED
+    assert (await queue.cancel("t8", queued.id)).status == CANCELED  # idempotent
+    empty, _ = await queue.lease(
+        kinds=["test.cancel"], max_jobs=1, lease_seconds=5, wait_seconds=0, worker="w"
+    )
+    assert empty == []
+
+    running = await queue.create("t8", kind="test.cancel", params={})
+    job_id, lease_id = await lease_one(queue, "test.cancel")
+    assert job_id == running.id
+    assert (await queue.cancel("t8", job_id)).status == CANCELED
+    told, _ = await queue.heartbeat(job_id, lease_id, progress=0.2, lease_seconds=5)
+    assert told
+    with pytest.raises(JobCanceled):
+        await queue.complete(job_id, lease_id, result={}, outputs=[])
+    assert (await queue.get("t8", job_id=job_id)).status == CANCELED
+
+    done = await queue.create("t8", kind="test.cancel", params={})
+    job_id, lease_id = await lease_one(queue, "test.cancel")
+    await queue.complete(job_id, lease_id, result={}, outputs=[])
+    with pytest.raises(FailedPrecondition):
+        await queue.cancel("t8", done.id)
+
+
+async def test_release_requeues_without_spending_an_attempt(queue: JobQueue) -> None:
+    job = await queue.create("t9", kind="test.release", params={}, max_attempts=1)
+    job_id, lease_id = await lease_one(queue, "test.release")
+    released = await queue.release(job_id, lease_id)
+    assert released.status == QUEUED and released.attempt == 0
+    job_id2, _ = await lease_one(queue, "test.release", wait_seconds=0.5)
+    assert job_id2 == job.id
+    assert (await queue.get("t9", job_id=job.id)).attempt == 1
+
+
+async def test_a_waiting_lease_wakes_when_a_job_arrives(queue: JobQueue) -> None:
+    waiter = asyncio.create_task(
+        queue.lease(kinds=["test.wake"], max_jobs=1, lease_seconds=5, wait_seconds=5, worker="w")
+    )
+    await asyncio.sleep(0.2)
+    assert not waiter.done()
+    started = time.monotonic()
+    job = await queue.create("t10", kind="test.wake", params={})
+    records, _ = await asyncio.wait_for(waiter, 3)
+    assert [r.id for r in records] == [job.id]
+    assert time.monotonic() - started < 0.5  # a wake-up, not the poll
+
+
+async def test_watch_yields_each_change_and_ends_with_the_final_state(queue: JobQueue) -> None:
+    job = await queue.create("t11", kind="test.watch", params={})
+    seen: list[tuple[int, float]] = []
+
+    async def watch() -> None:
+        async for record in queue.watch("t11", job.id):
+            seen.append((record.status, record.progress))
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.05)
+    job_id, lease_id = await lease_one(queue, "test.watch")
+    await asyncio.sleep(0.05)
+    await queue.heartbeat(job_id, lease_id, progress=0.5, lease_seconds=5)
+    await asyncio.sleep(0.05)
+    await queue.complete(job_id, lease_id, result={}, outputs=[])
+    await asyncio.wait_for(watcher, 3)
+    assert seen[0] == (QUEUED, 0.0)
+    assert (RUNNING, 0.5) in seen
+    assert seen[-1] == (SUCCEEDED, 1.0)
+
+
+async def test_retention_purges_finished_jobs_only(engine: AsyncEngine, database_url: str) -> None:
+    queue, signals = await open_queue(engine, database_url, replace(FAST, retention_seconds=0))
+    try:
+        finished = await queue.create("t12", kind="test.purge", params={})
+        job_id, lease_id = await lease_one(queue, "test.purge")
+        await queue.complete(job_id, lease_id, result={}, outputs=[])
+        waiting = await queue.create("t12", kind="test.purge", params={})
+        await asyncio.sleep(0.01)
+        assert await queue.purge() >= 1
+        with pytest.raises(NotFound):
+            await queue.get("t12", job_id=finished.id)
+        assert (await queue.get("t12", job_id=waiting.id)).status == QUEUED
+    finally:
+        await queue.close()
+        await signals.close()
