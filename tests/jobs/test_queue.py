@@ -107,7 +107,9 @@ async def test_concurrent_creates_with_one_request_id_make_one_job(queue: JobQue
         )
     )
     assert len({r.id for r in records}) == 1
-    listed, _ = await queue.list_jobs("t1", kind="test.echo", status=0, page_size=500, page_token="")
+    listed, _ = await queue.list_jobs(
+        "t1", kind="test.echo", status=0, page_size=500, page_token=""
+    )
     assert len([r for r in listed if r.request_id == "same-key"]) == 1
     # The key is per tenant.
     other = await queue.create("t2", kind="test.echo", params={}, request_id="same-key")
@@ -117,7 +119,9 @@ async def test_concurrent_creates_with_one_request_id_make_one_job(queue: JobQue
 async def test_listing_pages_newest_first_and_filters(queue: JobQueue) -> None:
     ids = [(await queue.create("t3", kind="test.list", params={})).id for _ in range(5)]
     await queue.create("t3", kind="test.other", params={})
-    page, token = await queue.list_jobs("t3", kind="test.list", status=0, page_size=2, page_token="")
+    page, token = await queue.list_jobs(
+        "t3", kind="test.list", status=0, page_size=2, page_token=""
+    )
     assert [r.id for r in page] == ids[::-1][:2] and token
     rest: list[str] = [r.id for r in page]
     while token:
@@ -198,6 +202,7 @@ async def test_an_expired_lease_requeues_then_fails_on_the_last_attempt(queue: J
     with pytest.raises(LeaseLost):
         await queue.heartbeat(job_id, lease_id, progress=0.1, lease_seconds=1)
     job_id2, lease_id2 = await lease_one(queue, "test.crash", lease_seconds=0.1)
+    assert job_id2 == job.id
     assert lease_id2 != lease_id
     await asyncio.sleep(0.2)
     assert await queue.reap() == 1
