@@ -323,11 +323,14 @@ async def claim(
         .order_by(jobs.c.seq)
         .limit(limit)
         .with_for_update(skip_locked=True)
-        .scalar_subquery()
+        # Materialized, so PostgreSQL runs it once: a subquery it re-ran per outer row would
+        # skip the rows it had just locked and claim more than `limit` jobs.
+        .cte("due")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
     )
     statement = (
         jobs.update()
-        .where(jobs.c.seq.in_(due), jobs.c.status == QUEUED)
+        .where(jobs.c.seq.in_(sa.select(due.c.seq)), jobs.c.status == QUEUED)
         .values(
             status=RUNNING,
             attempt=jobs.c.attempt + 1,
