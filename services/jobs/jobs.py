@@ -24,20 +24,22 @@ import secrets
 import string
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.jobs import store
-from services.jobs.signals import Signals
+from services.jobs.pg_hot_path import PgHotPath
+from services.jobs.signals import CHANNEL, Signals
 from services.jobs.store import (
     CANCELED,
     FAILED,
     QUEUED,
     RUNNING,
     SUCCEEDED,
+    CompleteRow,
     JobRecord,
     NewJob,
     Transition,
@@ -110,19 +112,6 @@ def new_lease_id() -> str:
     return secrets.token_hex(16)
 
 
-@dataclass(frozen=True)
-class CreateItem:
-    new: NewJob
-
-
-@dataclass(frozen=True)
-class CompleteItem:
-    job_id: str
-    lease_id: str
-    result: dict[str, Any]
-    outputs: list[dict[str, Any]]
-
-
 class JobQueue:
     """Jobs of every tenant in one database; client calls are scoped by the tenant passed in."""
 
@@ -133,15 +122,17 @@ class JobQueue:
         config: JobsConfig,
         blobs: BlobStore | None = None,
         *,
+        hot_path: PgHotPath | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine = engine
+        self._hot = hot_path
         self._signals = signals
         self._config = config
         self._blobs = blobs
         self._clock = clock
         self._creates: GroupCommit[NewJob, JobRecord] = GroupCommit(self._create_batch)
-        self._completions: GroupCommit[CompleteItem, JobRecord] = GroupCommit(self._complete_batch)
+        self._completions: GroupCommit[CompleteRow, JobRecord] = GroupCommit(self._complete_batch)
         self._maintenance: asyncio.Task[None] | None = None
         self._timers: set[asyncio.TimerHandle] = set()
 
@@ -185,14 +176,22 @@ class JobQueue:
 
     async def _create_batch(self, items: Sequence[NewJob]) -> list[JobRecord | BaseException]:
         now = self._clock()
-        async with self._engine.begin() as conn:
-            inserted = await store.insert_jobs(conn, items, now)
-            earlier = await store.select_by_request_ids(
-                conn, [(i.tenant, i.request_id) for i in items if i.id not in inserted]
-            )
-            histories = await store.select_histories(conn, [r.id for r in earlier.values()])
-            await self._signals.announce(conn, kinds={i.kind for i in items if i.id in inserted})
-        self._signals.wake_local(kinds={i.kind for i in items if i.id in inserted})
+        if self._hot is not None:
+            inserted = await self._hot.insert_jobs(items, now)
+            new_kinds = {i.kind for i in items if i.id in inserted}
+            await self._hot.notify(CHANNEL, self._signals.payloads(kinds=new_kinds))
+            earlier: dict[tuple[str, str], JobRecord] = {}
+            histories: dict[str, tuple[Transition, ...]] = {}
+            if len(inserted) < len(items):
+                async with self._engine.connect() as conn:
+                    earlier, histories = await self._earlier(conn, items, inserted)
+        else:
+            async with self._engine.begin() as conn:
+                inserted = await store.insert_jobs(conn, items, now)
+                new_kinds = {i.kind for i in items if i.id in inserted}
+                earlier, histories = await self._earlier(conn, items, inserted)
+                await self._signals.announce(conn, kinds=new_kinds)
+        self._signals.wake_local(kinds=new_kinds)
         results: list[JobRecord | BaseException] = []
         for item in items:
             record = inserted.get(item.id)
@@ -206,6 +205,18 @@ class JobQueue:
             else:
                 results.append(replace(found, history=histories.get(found.id, ())))
         return results
+
+    @staticmethod
+    async def _earlier(
+        conn: Any, items: Sequence[NewJob], inserted: dict[str, JobRecord]
+    ) -> tuple[dict[tuple[str, str], JobRecord], dict[str, tuple[Transition, ...]]]:
+        """The jobs that earlier requests with the same request_id created."""
+        repeats = [(i.tenant, i.request_id) for i in items if i.id not in inserted]
+        if not repeats:
+            return {}, {}
+        earlier = await store.select_by_request_ids(conn, repeats)
+        histories = await store.select_histories(conn, [r.id for r in earlier.values()])
+        return earlier, histories
 
     async def get(self, tenant: str, *, job_id: str = "", seq: int = 0) -> JobRecord:
         if not job_id and not seq:
@@ -321,18 +332,14 @@ class JobQueue:
             while True:
                 queued.clear()
                 now = self._clock()
-                async with self._engine.begin() as conn:
-                    claimed = await store.claim(
-                        conn,
-                        kinds=kinds,
-                        limit=limit,
-                        lease_id=lease_id,
-                        lease_seconds=lease_seconds,
-                        worker=worker[:128],
-                        now=now,
-                    )
-                    if claimed:
-                        await self._signals.announce(conn, job_ids=[r.id for r in claimed])
+                claimed = await self._claim(
+                    kinds,
+                    limit=limit,
+                    lease_id=lease_id,
+                    lease_seconds=lease_seconds,
+                    worker=worker,
+                    now=now,
+                )
                 if claimed:
                     self._signals.wake_local(job_ids=[r.id for r in claimed])
                     for record in claimed:
@@ -345,6 +352,35 @@ class JobQueue:
                     return [], lease_id
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(queued.wait(), min(remaining, LEASE_POLL_SECONDS))
+
+    async def _claim(
+        self,
+        kinds: Sequence[str],
+        *,
+        limit: int,
+        lease_id: str,
+        lease_seconds: float,
+        worker: str,
+        now: float,
+    ) -> list[JobRecord]:
+        arguments: dict[str, Any] = {
+            "kinds": kinds,
+            "limit": limit,
+            "lease_id": lease_id,
+            "lease_seconds": lease_seconds,
+            "worker": worker[:128],
+            "now": now,
+        }
+        if self._hot is not None:
+            claimed = await self._hot.claim(**arguments)
+            payloads = self._signals.payloads(job_ids=[r.id for r in claimed])
+            await self._hot.notify(CHANNEL, payloads)
+            return claimed
+        async with self._engine.begin() as conn:
+            claimed = await store.claim(conn, **arguments)
+            if claimed:
+                await self._signals.announce(conn, job_ids=[r.id for r in claimed])
+        return claimed
 
     async def heartbeat(
         self, job_id: str, lease_id: str, *, progress: float, lease_seconds: float
@@ -387,35 +423,57 @@ class JobQueue:
             check_output_name(name)
         if len(set(names)) != len(names):
             raise InvalidArgument("output names must be unique within a job", field="outputs")
-        return await self._completions.submit(CompleteItem(job_id, lease_id, result, outputs))
+        return await self._completions.submit(CompleteRow(job_id, lease_id, result, outputs))
 
     async def _complete_batch(
-        self, items: Sequence[CompleteItem]
+        self, items: Sequence[CompleteRow]
     ) -> list[JobRecord | BaseException]:
         now = self._clock()
         results: list[JobRecord | BaseException] = []
-        async with self._engine.begin() as conn:
+        if self._hot is not None:
+            finished = await self._hot.complete(items, now)
+            await self._hot.notify(CHANNEL, self._signals.payloads(job_ids=list(finished)))
+            refused: list[CompleteRow] = []
             for item in items:
-                record = await store.update_leased(
-                    conn,
-                    item.job_id,
-                    item.lease_id,
-                    {
-                        "status": SUCCEEDED,
-                        "progress": 1.0,
-                        "result": item.result,
-                        "outputs": item.outputs,
-                        "error": "",
-                        "ended_at": now,
-                    },
-                    now,
-                )
-                results.append(
-                    record or await self._lease_refusal(conn, item.job_id, item.lease_id)
-                )
-            done = [r for r in results if isinstance(r, JobRecord)]
-            await store.add_transitions(conn, [(r.id, SUCCEEDED, now, "") for r in done])
-            await self._signals.announce(conn, job_ids=[r.id for r in done])
+                # A report repeated within one batch finished the job once: the first wins.
+                record = finished.pop(item.job_id, None)
+                if record is None:
+                    refused.append(item)
+                results.append(record or LeaseLost(""))
+            if refused:
+                async with self._engine.connect() as conn:
+                    reasons = {
+                        id(item): await self._lease_refusal(conn, item.job_id, item.lease_id)
+                        for item in refused
+                    }
+                results = [
+                    reasons[id(item)] if isinstance(result, LeaseLost) else result
+                    for item, result in zip(items, results, strict=True)
+                ]
+        else:
+            async with self._engine.begin() as conn:
+                for item in items:
+                    record = await store.update_leased(
+                        conn,
+                        item.job_id,
+                        item.lease_id,
+                        {
+                            "status": SUCCEEDED,
+                            "progress": 1.0,
+                            "result": item.result,
+                            "outputs": item.outputs,
+                            "error": "",
+                            "ended_at": now,
+                        },
+                        now,
+                    )
+                    results.append(
+                        record or await self._lease_refusal(conn, item.job_id, item.lease_id)
+                    )
+                done = [r for r in results if isinstance(r, JobRecord)]
+                await store.add_transitions(conn, [(r.id, SUCCEEDED, now, "") for r in done])
+                await self._signals.announce(conn, job_ids=[r.id for r in done])
+        done = [r for r in results if isinstance(r, JobRecord)]
         self._signals.wake_local(job_ids=[r.id for r in done])
         for record in done:
             JOBS_FINISHED.labels(record.kind, "succeeded").inc()
@@ -581,6 +639,9 @@ class JobQueue:
             await asyncio.sleep(self._config.reap_interval_seconds)
 
     async def close(self) -> None:
+        """Stops maintenance and closes the hot path's pool (the queue owns it)."""
+        if self._hot is not None:
+            await self._hot.close()
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()

@@ -7,6 +7,7 @@ from pathlib import Path
 from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from services.jobs.jobs import JobQueue
+from services.jobs.pg_hot_path import PgHotPath
 from services.jobs.servicer import JobServicer, WorkerServicer
 from services.jobs.signals import Signals
 from services.runtime import db
@@ -23,8 +24,10 @@ async def build(config: ServiceConfig) -> Registration:
     blobs = BlobStore(config.storage)
     await blobs.ensure_bucket()
     signals = Signals()
-    await signals.start(db.postgres_dsn(config.database_url))
-    queue = JobQueue(engine, signals, config.jobs, blobs)
+    dsn = db.postgres_dsn(config.database_url)
+    await signals.start(dsn)
+    hot_path = None if dsn is None else await PgHotPath.connect(dsn)
+    queue = JobQueue(engine, signals, config.jobs, blobs, hot_path=hot_path)
     queue.start_maintenance()
     registration = servicers(
         (

@@ -66,14 +66,19 @@ class Signals:
                 for event in events:
                     event.set()
 
+    def payloads(self, *, kinds: Iterable[str] = (), job_ids: Iterable[str] = ()) -> list[str]:
+        """The notifications that tell other replicas of these changes; none when this
+        replica is alone (SQLite)."""
+        if self._listener is None:
+            return []
+        return encode(self.origin, sorted(set(kinds)), sorted(set(job_ids)))
+
     async def announce(
         self, conn: AsyncConnection, *, kinds: Iterable[str] = (), job_ids: Iterable[str] = ()
     ) -> None:
         """Queues the notification in `conn`'s transaction (PostgreSQL only): it is delivered
         to the other replicas when, and only if, the transaction commits."""
-        if self._listener is None:
-            return
-        payloads = encode(self.origin, sorted(set(kinds)), sorted(set(job_ids)))
+        payloads = self.payloads(kinds=kinds, job_ids=job_ids)
         if payloads:
             await conn.execute(
                 sa.text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) p"),

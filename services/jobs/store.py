@@ -161,6 +161,16 @@ class NewJob:
     max_attempts: int
 
 
+@dataclass(frozen=True)
+class CompleteRow:
+    """A worker's report that a job succeeded."""
+
+    job_id: str
+    lease_id: str
+    result: dict[str, Any]
+    outputs: list[dict[str, Any]]
+
+
 def _insert(dialect: str) -> Any:
     # Both dialects spell "insert, skipping rows whose unique key exists" the same way.
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(jobs)

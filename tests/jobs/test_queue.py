@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.jobs.jobs import JobQueue
 from services.jobs.main import MIGRATIONS
+from services.jobs.pg_hot_path import PgHotPath
 from services.jobs.signals import Signals
 from services.jobs.store import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED
 from services.runtime import db
@@ -37,9 +38,12 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 async def open_queue(
     engine: AsyncEngine, database_url: str, config: JobsConfig = FAST
 ) -> tuple[JobQueue, Signals]:
+    """The queue as the service builds it: on PostgreSQL, with its hot path."""
     signals = Signals()
-    await signals.start(db.postgres_dsn(database_url))
-    return JobQueue(engine, signals, config), signals
+    dsn = db.postgres_dsn(database_url)
+    await signals.start(dsn)
+    hot_path = None if dsn is None else await PgHotPath.connect(dsn, max_size=2)
+    return JobQueue(engine, signals, config, hot_path=hot_path), signals
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 
 from services.jobs.jobs import JobQueue
 from services.jobs.main import MIGRATIONS
+from services.jobs.pg_hot_path import PgHotPath
 from services.jobs.signals import Signals
 from services.jobs.store import SUCCEEDED
 from services.runtime import db
@@ -35,7 +36,8 @@ async def replicas() -> AsyncIterator[list[JobQueue]]:
             relay = Signals()
             await relay.start(db.postgres_dsn(url))
             signals.append(relay)
-            queues.append(JobQueue(engine, relay, JobsConfig()))
+            hot_path = await PgHotPath.connect(str(db.postgres_dsn(url)), max_size=2)
+            queues.append(JobQueue(engine, relay, JobsConfig(), hot_path=hot_path))
         try:
             yield queues
         finally:
