@@ -300,6 +300,52 @@ def oauth2_shape(error: ApiError) -> RenderedError:
     )
 
 
+# Clara.io answers 401, 403, 404, 422 and 500 with `{"message": ...}` (api-spec §1.1).
+_CLARA_KEPT_STATUSES = frozenset({401, 403, 404, 405, 413, 415, 429, 499, 501, 503, 504})
+
+
+def clara_shape(error: ApiError) -> RenderedError:
+    """Clara.io's error body, `{"message": <text>}` (plus `field` when the error names one);
+    a request the service refuses as invalid is 422, Clara's unprocessable entity."""
+    status = error.http_status
+    if status not in _CLARA_KEPT_STATUSES:
+        status = 422 if 400 <= status < 500 else 500
+    body: dict[str, JsonValue] = {"message": error.message}
+    if error.field:
+        body["field"] = error.field
+    return RenderedError(status=status, body=body)
+
+
+# Claid's published codes (docs.claid.ai/errors); other statuses carry the status as the code.
+_CLAID_KNOWN: Mapping[int, tuple[str, str]] = {
+    401: ("111", "auth"),
+    422: ("9000", "validation"),
+    429: ("2001", "general"),
+}
+
+
+def claid_shape(error: ApiError) -> RenderedError:
+    """Claid's `{"error_code", "error_type", "error_message", "error_details"}` (nested under
+    `detail` on 429, as Claid's rate-limit answers are). `error_details` maps the field an
+    error names to its messages. INVALID_ARGUMENT is 422 with code 9000 (validation)."""
+    status = error.http_status
+    if error.code == grpc.StatusCode.INVALID_ARGUMENT and status == 400:
+        status = 422
+    code, kind = _CLAID_KNOWN.get(status, (str(status), "general"))
+    if error.api_code:
+        code = error.api_code
+    details: dict[str, JsonValue] = {}
+    if error.field:
+        details[error.field] = [error.message]
+    body: dict[str, JsonValue] = {
+        "error_code": code,
+        "error_type": kind,
+        "error_message": error.message,
+        "error_details": details,
+    }
+    return RenderedError(status=status, body={"detail": body} if status == 429 else body)
+
+
 class ErrorShapes:
     """Which shape renders the errors of which routes.
 

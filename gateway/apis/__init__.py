@@ -4,10 +4,17 @@ Each module maps what its documented API does beyond plain transcoding (multipar
 token endpoints, its own error body) onto the gRPC services, with no business logic.
 """
 
-from gateway.apis import clyman, oauth2, scenario
+from gateway.apis import claid, clara, clyman, oauth2, scenario
 from gateway.apis.registry import ApiModule
 
 #: The APIs `build_app` installs by default, in precedence order.
-DEFAULT_APIS: tuple[ApiModule, ...] = (oauth2.API, scenario.API, clyman.API)
+DEFAULT_APIS: tuple[ApiModule, ...] = (
+    oauth2.API,
+    scenario.API,
+    scenario.JOBS_API,
+    clara.API,
+    claid.API,
+    clyman.API,
+)
 
 __all__ = ["DEFAULT_APIS", "ApiModule"]

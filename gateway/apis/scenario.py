@@ -1,4 +1,8 @@
-"""Scenario's asset routes that transcoding cannot express: the multipart upload.
+"""Scenario's routes that transcoding cannot express: the multipart upload and the job view.
+
+`GET /v1/jobs/{jobId}` answers `{"job": {jobId, jobType, status, progress, metadata, createdAt,
+updatedAt, statusHistory}}` from JobService.GetJob (`gateway.apis.jobs_views.scenario_job`);
+an unknown id, or another tenant's, is 404.
 
 `POST /v1/assets` takes multipart/form-data: optional text fields `name`, `prompt`, `seed`,
 `generator`, `num` (an integer), which become the asset's metadata, and one file in the part
@@ -26,6 +30,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.responses import Response
 
+from gateway.apis import jobs_views
 from gateway.apis.registry import ApiModule
 from gateway.errors import ApiError
 from gateway.jsonpb import json_response, message_to_json
@@ -269,9 +274,30 @@ async def upload_asset(context: RequestContext) -> Response:
             raise
 
 
+async def get_job(context: RequestContext) -> Response:
+    """`GET /v1/jobs/{jobId}`: Scenario's view of any of the caller's jobs."""
+    job = await jobs_views.get_job(context, job_id=context.path_params["jobId"])
+    return json_response({"job": jobs_views.scenario_job(job)})
+
+
 def endpoints() -> list[Endpoint]:
-    """Scenario's adapter endpoints."""
+    """Scenario's asset adapter endpoints."""
     return [endpoint("POST", "/v1/assets", upload_asset, service=SERVICE, name="UploadAsset")]
 
 
+def job_endpoints() -> list[Endpoint]:
+    """Scenario's job view."""
+    return [
+        endpoint(
+            "GET",
+            "/v1/jobs/{jobId}",
+            get_job,
+            service=jobs_views.JOB_SERVICE,
+            name="scenario.GetJob",
+        )
+    ]
+
+
 API = ApiModule(name="scenario", endpoints=endpoints, services=("objects",))
+#: Scenario's job view, apart from the asset routes because it calls another service.
+JOBS_API = ApiModule(name="scenario-jobs", endpoints=job_endpoints, services=("jobs",))
