@@ -102,7 +102,13 @@ class PgHotPath:
 
     @classmethod
     async def connect(cls, dsn: str, *, max_size: int = 8) -> PgHotPath:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, init=_init_connection)
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=1,
+            max_size=max_size,
+            init=_init_connection,
+            connection_class=_Connection,
+        )
         return cls(pool)
 
     async def insert_jobs(self, items: Sequence[NewJob], now: float) -> dict[str, JobRecord]:
