@@ -50,6 +50,7 @@ from services.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
     JobCanceled,
+    KilnError,
     LeaseLost,
     MissingField,
     NotFound,
@@ -85,6 +86,8 @@ SUBMIT_TO_START = Histogram(
 _KIND = re.compile(r"[a-z][a-z0-9._-]{0,63}")
 _ID_ALPHABET = string.ascii_letters + string.digits
 MAX_REQUEST_ID = 128
+#: Most jobs one BatchCreateJobs or CompleteJobs call carries.
+MAX_BATCH = 1000
 MAX_ATTEMPTS_LIMIT = 100
 MAX_LEASE_BATCH = 100
 MAX_WAIT_SECONDS = 60.0
@@ -101,6 +104,10 @@ REAP_BATCH = 100
 PURGE_BATCH = 200
 #: Maintenance rounds between purges and queue-depth samples.
 PURGE_EVERY = 60
+
+
+#: (kind, params, request_id, max_attempts) of one job to create.
+JobSpec = tuple[str, dict[str, Any], str, int]
 
 
 def new_job_id() -> str:
@@ -147,6 +154,28 @@ class JobQueue:
         request_id: str = "",
         max_attempts: int = 0,
     ) -> JobRecord:
+        return await self._creates.submit(
+            self._new_job(tenant, kind, params, request_id, max_attempts)
+        )
+
+    async def create_many(self, tenant: str, specs: Sequence[JobSpec]) -> list[JobRecord]:
+        """Creates all of `specs` in one statement, or none when any is invalid (AIP-233)."""
+        if not specs:
+            raise MissingField("requests must hold at least one job", field="requests")
+        if len(specs) > MAX_BATCH:
+            raise InvalidArgument(
+                f"at most {MAX_BATCH} jobs per batch, got {len(specs)}", field="requests"
+            )
+        items = [self._new_job(tenant, *spec) for spec in specs]
+        results = await self._create_batch(items)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [r for r in results if isinstance(r, JobRecord)]
+
+    def _new_job(
+        self, tenant: str, kind: str, params: dict[str, Any], request_id: str, max_attempts: int
+    ) -> NewJob:
         if not kind:
             raise MissingField("job.kind is required", field="job.kind")
         if not _KIND.fullmatch(kind):
@@ -164,7 +193,7 @@ class JobQueue:
                 f"job.max_attempts must be between 0 (the default) and {MAX_ATTEMPTS_LIMIT}",
                 field="job.max_attempts",
             )
-        item = NewJob(
+        return NewJob(
             id=new_job_id(),
             tenant=tenant,
             kind=kind,
@@ -172,7 +201,6 @@ class JobQueue:
             request_id=request_id,
             max_attempts=max_attempts or self._config.max_attempts,
         )
-        return await self._creates.submit(item)
 
     async def _create_batch(self, items: Sequence[NewJob]) -> list[JobRecord | BaseException]:
         now = self._clock()
@@ -417,13 +445,37 @@ class JobQueue:
         result: dict[str, Any],
         outputs: list[dict[str, Any]],
     ) -> JobRecord:
-        _check_lease_ref(job_id, lease_id)
-        names = [str(o.get("name", "")) for o in outputs]
-        for name in names:
-            check_output_name(name)
-        if len(set(names)) != len(names):
-            raise InvalidArgument("output names must be unique within a job", field="outputs")
-        return await self._completions.submit(CompleteRow(job_id, lease_id, result, outputs))
+        row = _completion(job_id, lease_id, result, outputs)
+        return await self._completions.submit(row)
+
+    async def complete_many(
+        self, completions: Sequence[tuple[str, str, dict[str, Any], list[dict[str, Any]]]]
+    ) -> list[JobRecord | KilnError]:
+        """Finishes several jobs in one statement; each item succeeds or fails on its own."""
+        if not completions:
+            raise MissingField("completions must hold at least one", field="completions")
+        if len(completions) > MAX_BATCH:
+            raise InvalidArgument(f"at most {MAX_BATCH} completions per call", field="completions")
+        outcomes: list[JobRecord | KilnError | None] = []
+        valid: list[CompleteRow] = []
+        for job_id, lease_id, result, outputs in completions:
+            try:
+                valid.append(_completion(job_id, lease_id, result, outputs))
+                outcomes.append(None)  # filled from the batch below
+            except KilnError as exc:
+                outcomes.append(exc)
+        finished = iter(await self._complete_batch(valid) if valid else [])
+        merged: list[JobRecord | KilnError] = []
+        for outcome in outcomes:
+            if outcome is not None:
+                merged.append(outcome)
+                continue
+            done = next(finished)
+            if isinstance(done, (JobRecord, KilnError)):
+                merged.append(done)
+            else:  # the batch functions only answer Kiln errors per item
+                merged.append(LeaseLost(str(done)))
+        return merged
 
     async def _complete_batch(
         self, items: Sequence[CompleteRow]
@@ -436,9 +488,12 @@ class JobQueue:
             refused: list[CompleteRow] = []
             for item in items:
                 # A report repeated within one batch finished the job once: the first wins.
-                record = finished.pop(item.job_id, None)
-                if record is None:
+                record = finished.get(item.job_id)
+                if record is None or record.lease_id != item.lease_id:
+                    record = None
                     refused.append(item)
+                else:
+                    del finished[item.job_id]
                 results.append(record or LeaseLost(""))
             if refused:
                 async with self._engine.connect() as conn:
@@ -656,6 +711,18 @@ _NO_LEASE: dict[str, Any] = {
     "lease_expires_at": None,
     "worker": "",
 }
+
+
+def _completion(
+    job_id: str, lease_id: str, result: dict[str, Any], outputs: list[dict[str, Any]]
+) -> CompleteRow:
+    _check_lease_ref(job_id, lease_id)
+    names = [str(o.get("name", "")) for o in outputs]
+    for name in names:
+        check_output_name(name)
+    if len(set(names)) != len(names):
+        raise InvalidArgument("output names must be unique within a job", field="outputs")
+    return CompleteRow(job_id, lease_id, result, outputs)
 
 
 def _check_lease_ref(job_id: str, lease_id: str) -> None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, cast
 
 import grpc
 from google.protobuf import json_format, struct_pb2
 from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
-from services.jobs.jobs import JobQueue
+from services.jobs.jobs import JobQueue, JobSpec
 from services.jobs.store import JobRecord
 from services.runtime.context import current_principal, current_tenant
 from services.runtime.errors import MissingField, PermissionDenied
@@ -89,6 +89,24 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         )
         return jobs_pb2.CreateJobResponse(job=to_proto(record))
 
+    async def BatchCreateJobs(
+        self, request: jobs_pb2.BatchCreateJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.BatchCreateJobsResponse:
+        specs: list[JobSpec] = []
+        for index, item in enumerate(request.requests):
+            if not item.HasField("job"):
+                raise MissingField(f"requests[{index}].job is required", field="requests.job")
+            specs.append(
+                (
+                    item.job.kind,
+                    json_format.MessageToDict(item.job.params),
+                    item.request_id,
+                    item.job.max_attempts,
+                )
+            )
+        records = await self._queue.create_many(current_tenant(), specs)
+        return jobs_pb2.BatchCreateJobsResponse(jobs=[to_proto(r) for r in records])
+
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.GetJobResponse:
@@ -143,6 +161,10 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 yield jobs_pb2.ReadJobOutputResponse(data=chunk[start : start + _CHUNK])
 
 
+def _outputs(outputs: Iterable[jobs_pb2.JobOutput]) -> list[dict[str, Any]]:
+    return [{"name": o.name, "content_type": o.content_type, "size": o.size} for o in outputs]
+
+
 def _require_worker() -> None:
     if not current_principal().is_worker:
         raise PermissionDenied("WorkerService needs a worker token (scope jobs.worker)")
@@ -191,12 +213,27 @@ class WorkerServicer(jobs_pb2_grpc.WorkerServiceServicer):
             request.job_id,
             request.lease_id,
             result=json_format.MessageToDict(request.result),
-            outputs=[
-                {"name": o.name, "content_type": o.content_type, "size": o.size}
-                for o in request.outputs
-            ],
+            outputs=_outputs(request.outputs),
         )
         return jobs_pb2.CompleteJobResponse(job=to_proto(record))
+
+    async def CompleteJobs(
+        self, request: jobs_pb2.CompleteJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.CompleteJobsResponse:
+        _require_worker()
+        outcomes = await self._queue.complete_many(
+            [
+                (c.job_id, c.lease_id, json_format.MessageToDict(c.result), _outputs(c.outputs))
+                for c in request.completions
+            ]
+        )
+        response = jobs_pb2.CompleteJobsResponse()
+        for outcome in outcomes:
+            if isinstance(outcome, JobRecord):
+                response.results.add(job=to_proto(outcome))
+            else:
+                response.results.add(error_reason=outcome.reason, error_message=outcome.message)
+        return response
 
     async def FailJob(
         self, request: jobs_pb2.FailJobRequest, context: grpc.aio.ServicerContext

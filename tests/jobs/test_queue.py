@@ -14,7 +14,7 @@ from services.jobs.jobs import JobQueue
 from services.jobs.main import MIGRATIONS
 from services.jobs.pg_hot_path import PgHotPath
 from services.jobs.signals import Signals
-from services.jobs.store import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED
+from services.jobs.store import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord
 from services.runtime import db
 from services.runtime.config import JobsConfig
 from services.runtime.errors import (
@@ -300,3 +300,48 @@ async def test_retention_purges_finished_jobs_only(engine: AsyncEngine, database
     finally:
         await queue.close()
         await signals.close()
+
+
+async def test_a_batch_create_is_all_or_nothing_and_keeps_request_ids(queue: JobQueue) -> None:
+    first = await queue.create("t13", kind="test.batch", params={}, request_id="k1")
+    records = await queue.create_many(
+        "t13",
+        [
+            ("test.batch", {"i": 0}, "", 0),
+            ("test.batch", {"i": 1}, "k1", 0),  # an earlier request: answers that job
+            ("test.batch", {"i": 2}, "k2", 0),
+            ("test.batch", {"i": 3}, "k2", 0),  # repeated within the batch: one job
+        ],
+    )
+    assert records[1].id == first.id
+    assert records[2].id == records[3].id
+    assert len({r.id for r in records}) == 3
+    assert [r.params for r in records] == [{"i": 0}, {}, {"i": 2}, {"i": 2}]
+    with pytest.raises(InvalidArgument):
+        await queue.create_many("t14", [("test.batch", {}, "", 0), ("BAD KIND", {}, "", 0)])
+    listed, _ = await queue.list_jobs("t14", kind="", status=0, page_size=10, page_token="")
+    assert listed == []
+
+
+async def test_completions_in_one_call_each_have_their_own_outcome(queue: JobQueue) -> None:
+    for _ in range(3):
+        await queue.create("t15", kind="test.many", params={})
+    records, lease_id = await queue.lease(
+        kinds=["test.many"], max_jobs=3, lease_seconds=30, wait_seconds=1, worker="w"
+    )
+    assert len(records) == 3
+    await queue.cancel("t15", records[1].id)
+    outcomes = await queue.complete_many(
+        [
+            (records[0].id, lease_id, {"n": 0}, []),
+            (records[1].id, lease_id, {}, []),
+            (records[2].id, "wrong-lease", {}, []),
+            (records[2].id, lease_id, {}, [{"name": "../x"}]),
+            (records[2].id, lease_id, {"n": 2}, []),
+        ]
+    )
+    assert isinstance(outcomes[0], JobRecord) and outcomes[0].status == SUCCEEDED
+    assert isinstance(outcomes[1], JobCanceled)
+    assert isinstance(outcomes[2], LeaseLost)
+    assert isinstance(outcomes[3], InvalidArgument)
+    assert isinstance(outcomes[4], JobRecord) and outcomes[4].result == {"n": 2}

@@ -202,3 +202,44 @@ async def test_a_restarted_jobs_process_loses_nothing(
                     assert job.status == jobs_pb2.JOB_STATUS_SUCCEEDED
         finally:
             await second.stop(1)
+
+
+async def test_batch_create_and_batch_complete_over_grpc(
+    suite: Suite, token_for: Callable[..., str], worker_token_file: Path
+) -> None:
+    client = bearer(token_for("tenant-batch"))
+    worker = worker_auth(worker_token_file)
+    async with grpc.aio.insecure_channel(suite.targets["jobs"]) as channel:
+        jobs, workers = stubs(channel)
+        created = await jobs.BatchCreateJobs(
+            jobs_pb2.BatchCreateJobsRequest(
+                requests=[
+                    jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(kind="test.batchgrpc"))
+                    for _ in range(3)
+                ]
+            ),
+            metadata=client,
+        )
+        assert len({j.id for j in created.jobs}) == 3
+        with pytest.raises(grpc.aio.AioRpcError) as empty:
+            await jobs.BatchCreateJobs(jobs_pb2.BatchCreateJobsRequest(), metadata=client)
+        assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        leased = await workers.LeaseJobs(
+            jobs_pb2.LeaseJobsRequest(
+                kinds=["test.batchgrpc"], max_jobs=3, wait=duration_pb2.Duration(seconds=2)
+            ),
+            metadata=worker,
+        )
+        assert len(leased.leases) == 3
+        reply = await workers.CompleteJobs(
+            jobs_pb2.CompleteJobsRequest(
+                completions=[
+                    jobs_pb2.CompleteJobRequest(job_id=lease.job.id, lease_id=lease.lease_id)
+                    for lease in leased.leases
+                ]
+                + [jobs_pb2.CompleteJobRequest(job_id=leased.leases[0].job.id, lease_id="nope")]
+            ),
+            metadata=worker,
+        )
+        assert [r.job.status for r in reply.results[:3]] == [jobs_pb2.JOB_STATUS_SUCCEEDED] * 3
+        assert reply.results[3].error_reason == "ERROR_REASON_LEASE_LOST"
