@@ -243,3 +243,27 @@ async def test_batch_create_and_batch_complete_over_grpc(
         )
         assert [r.job.status for r in reply.results[:3]] == [jobs_pb2.JOB_STATUS_SUCCEEDED] * 3
         assert reply.results[3].error_reason == "ERROR_REASON_LEASE_LOST"
+
+
+async def test_the_jobs_metrics_count_what_happened(
+    suite: Suite, token_for: Callable[..., str]
+) -> None:
+    import urllib.request
+
+    async with grpc.aio.insecure_channel(suite.targets["jobs"]) as channel:
+        jobs, _ = stubs(channel)
+        created = (
+            await jobs.CreateJob(
+                jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(kind="test.metrics")),
+                metadata=bearer(token_for("tenant-metrics")),
+            )
+        ).job
+        await jobs.CancelJob(
+            jobs_pb2.CancelJobRequest(job_id=created.id),
+            metadata=bearer(token_for("tenant-metrics")),
+        )
+    port = suite.servers["jobs"].metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert 'kiln_jobs_created_total{kind="test.metrics"} 1.0' in text
+    assert 'kiln_jobs_finished_total{kind="test.metrics",status="canceled"} 1.0' in text
