@@ -30,7 +30,8 @@ from services.runtime.errors import NotFound, StorageError
 T = TypeVar("T")
 CHUNK_BYTES = 1024 * 1024
 _QUEUE_DEPTH = 4
-_END = object()
+#: Put into a QueueReader's queue to end the stream it feeds.
+END_OF_STREAM = object()
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,10 @@ class PutResult:
     etag: str
 
 
-class _QueueReader(io.RawIOBase):
-    """A file-like the SDK reads on its thread, fed chunk by chunk from the event loop."""
+class QueueReader(io.RawIOBase):
+    """A file-like the SDK reads on its thread, fed chunk by chunk through `queue`: bytes, then
+    END_OF_STREAM; an exception put there is raised to the reader (the SDK then aborts its
+    multipart upload)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -68,7 +71,7 @@ class _QueueReader(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         while not self._done and (size < 0 or len(self._buffer) < size):
             item = self.queue.get()
-            if item is _END:
+            if item is END_OF_STREAM:
                 self._done = True
             elif isinstance(item, BaseException):
                 self._done = True
@@ -94,7 +97,7 @@ class BlobWriter:
         self._store = store
         self.key = key
         self._content_type = content_type
-        self._reader = _QueueReader()
+        self._reader = QueueReader()
         self._sha = hashlib.sha256()
         self.size = 0
         self._upload: asyncio.Future[Any] | None = None
@@ -153,7 +156,7 @@ class BlobWriter:
             with contextlib.suppress(Exception):
                 await self._upload
             return
-        await self._put(_END)
+        await self._put(END_OF_STREAM)
         try:
             result = await self._upload
         except S3Error as err:
