@@ -11,6 +11,7 @@ BENCHMARKS = [
     "bench.gateway_overhead",
     "bench.s3_throughput",
     "bench.objects",
+    "bench.jobs",
 ]
 
 

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from kiln.objects.v1 import assets_pb2, assets_pb2_grpc
+from kiln.render.v1 import render_pb2, render_pb2_grpc
 
 from deploy.local.seaweed import free_port
 from services.runtime.config import load_service_config
@@ -135,10 +136,10 @@ async def test_calls_without_a_valid_token_are_refused(
 async def test_unbuilt_rpcs_answer_unimplemented(
     suite: Suite, token_for: Callable[..., str]
 ) -> None:
-    async with grpc.aio.insecure_channel(suite.targets["jobs"]) as channel:
+    async with grpc.aio.insecure_channel(suite.targets["render"]) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await jobs_pb2_grpc.JobServiceStub(channel).GetJob(
-                jobs_pb2.GetJobRequest(job_id="x"), metadata=bearer(token_for())
+            await render_pb2_grpc.RenderServiceStub(channel).RenderScene(
+                render_pb2.RenderSceneRequest(scene_id="x"), metadata=bearer(token_for())
             )
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
@@ -248,7 +249,7 @@ async def test_process_logs_json_with_request_id_and_exits_cleanly_on_sigterm(
     assert any(
         line.get("request_id") == "req-abc123"
         and line.get("tenant") == "tenant-log"
-        and line.get("code") == "UNIMPLEMENTED"
+        and line.get("code") == "NOT_FOUND"
         and line.get("service") == "jobs"
         for line in rpc_lines
     ), rpc_lines
