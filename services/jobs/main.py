@@ -25,8 +25,8 @@ async def build(config: ServiceConfig) -> Registration:
     await blobs.ensure_bucket()
     signals = Signals()
     dsn = db.postgres_dsn(config.database_url)
-    await signals.start(dsn)
     hot_path = None if dsn is None else await PgHotPath.connect(dsn)
+    await signals.start(dsn, None if hot_path is None else hot_path.notify_batch)
     queue = JobQueue(engine, signals, config.jobs, blobs, hot_path=hot_path)
     queue.start_maintenance()
     registration = servicers(
@@ -45,8 +45,9 @@ async def build(config: ServiceConfig) -> Registration:
     )
 
     async def close() -> None:
-        await queue.close()
+        # Signals first: it flushes notifications on the queue's pool and ends long polls.
         await signals.close()
+        await queue.close()
         await engine.dispose()
         await blobs.close()
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
+from services.jobs.signals import CHANNEL
 from services.jobs.store import CompleteRow, JobRecord, NewJob
 
 _COLUMNS = (
@@ -153,10 +154,14 @@ class PgHotPath:
         )
         return {row["id"]: JobRecord.from_row(row) for row in rows}
 
-    async def notify(self, channel: str, payloads: Sequence[str]) -> None:
+    async def notify_batch(self, payloads: Sequence[str]) -> None:
+        """Sends job notifications on the jobs channel, in order."""
         if payloads:
             await self._pool.execute(
-                "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", channel, list(payloads)
+                "SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS t(p, n) "
+                "ORDER BY n",
+                CHANNEL,
+                list(payloads),
             )
 
     async def close(self) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -28,6 +28,9 @@ CHANNEL = "kiln_jobs"
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 _MAX_PAYLOAD = 7900
 
+NOTIFY_FAILURES = Counter(
+    "kiln_jobs_notify_failures_total", "Batches of job notifications that could not be sent."
+)
 NOTIFY_RECONNECTS = Counter(
     "kiln_jobs_listen_reconnects_total", "Times the jobs LISTEN connection was re-established."
 )
@@ -41,6 +44,10 @@ class Signals:
         self._kind_waiters: dict[str, set[asyncio.Event]] = {}
         self._job_waiters: dict[str, set[asyncio.Event]] = {}
         self._listener: _Listener | None = None
+        self._send: Callable[[list[str]], Awaitable[None]] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._outbox: list[str] = []
+        self._outbox_ready = asyncio.Event()
 
     # --- waiting -----------------------------------------------------------------------------
 
@@ -52,10 +59,24 @@ class Signals:
 
     # --- announcing --------------------------------------------------------------------------
 
-    def wake_local(self, *, kinds: Iterable[str] = (), job_ids: Iterable[str] = ()) -> None:
+    def wake_local(
+        self,
+        *,
+        kinds: Iterable[str] = (),
+        job_ids: Iterable[str] = (),
+        limits: Mapping[str, int] | None = None,
+    ) -> None:
+        """Wakes this replica's waiters. `limits` caps the workers woken per kind (one new job
+        needs one worker: waking them all would send all but one to claim nothing)."""
         for kind in kinds:
-            for event in self._kind_waiters.get(kind, ()):
-                event.set()
+            waiting = self._kind_waiters.get(kind, ())
+            budget = len(waiting) if limits is None else limits.get(kind, len(waiting))
+            for event in waiting:
+                if budget <= 0:
+                    break
+                if not event.is_set():
+                    event.set()
+                    budget -= 1
         for job_id in job_ids:
             for event in self._job_waiters.get(job_id, ()):
                 event.set()
@@ -85,16 +106,56 @@ class Signals:
                 {"channel": CHANNEL, "payloads": payloads},
             )
 
+    def publish(self, *, kinds: Iterable[str] = (), job_ids: Iterable[str] = ()) -> None:
+        """Tells other replicas of committed changes, in the background: the caller's reply
+        does not wait for the notification's round trip."""
+        payloads = self.payloads(kinds=kinds, job_ids=job_ids)
+        if payloads and self._send is not None:
+            self._outbox.extend(payloads)
+            self._outbox_ready.set()
+
+    async def _send_outbox(self) -> None:
+        assert self._send is not None
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while self._outbox:
+                batch = list(self._outbox)
+                self._outbox.clear()
+                try:
+                    await self._send(batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a lost notification costs a poll interval, no more
+                    NOTIFY_FAILURES.inc()
+                    log.warning("could not send job notifications", extra={"error": repr(exc)})
+
     # --- the relay ---------------------------------------------------------------------------
 
-    async def start(self, dsn: str | None) -> None:
-        """Listens on PostgreSQL at `dsn` (an asyncpg DSN); None: this replica is alone."""
+    async def start(
+        self, dsn: str | None, send: Callable[[list[str]], Awaitable[None]] | None = None
+    ) -> None:
+        """Listens on PostgreSQL at `dsn` (an asyncpg DSN); None: this replica is alone.
+        `send` delivers `publish`ed payloads (NOTIFY on its own connection)."""
         if dsn is None:
             return
         self._listener = _Listener(dsn, self)
         await self._listener.start()
+        if send is not None:
+            self._send = send
+            self._sender = asyncio.create_task(self._send_outbox(), name="kiln-jobs-notify")
 
     async def close(self) -> None:
+        if self._sender is not None:
+            with contextlib.suppress(TimeoutError):
+                # What is queued still goes out, briefly.
+                for _ in range(20):
+                    if not self._outbox:
+                        break
+                    await asyncio.sleep(0.05)
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
         if self._listener is not None:
             await self._listener.close()
         self.wake_all()

@@ -65,8 +65,17 @@ from google.protobuf import duration_pb2, json_format, struct_pb2
 from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from services.runtime import _worker_metrics as metrics
+from services.runtime.batching import GroupCommit
 from services.runtime.config import SERVICE_NAMES, ServiceConfig, StorageConfig
-from services.runtime.errors import ConfigError, JobCanceled, JobFailed
+from services.runtime.errors import (
+    ConfigError,
+    InvalidArgument,
+    JobCanceled,
+    JobFailed,
+    LeaseLost,
+    MissingField,
+    NotFound,
+)
 from services.runtime.job_outputs import output_key, output_prefix
 from services.runtime.status import error_info
 from services.runtime.storage import BlobStore
@@ -285,6 +294,26 @@ class _Running:
     heartbeat_in_flight: bool = False
 
 
+class _Refused(Exception):
+    """The service refused one completion of a CompleteJobs batch."""
+
+    def __init__(self, outcome: str, detail: str | None) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+        self.detail = detail
+
+    @classmethod
+    def of(cls, result: jobs_pb2.CompleteJobsResult) -> _Refused:
+        reason = result.error_reason
+        if reason == JobCanceled.reason:
+            return cls(_CANCELED, None)
+        if reason in (LeaseLost.reason, NotFound.reason):
+            return cls(_LEASE_LOST, None)
+        if reason in (InvalidArgument.reason, MissingField.reason):
+            return cls("invalid", result.error_message)
+        return cls("error", None)
+
+
 class Worker:
     """Leases and runs jobs of the registered kinds; see the module docstring."""
 
@@ -331,6 +360,9 @@ class Worker:
         self._lease_task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
+        self._completions: GroupCommit[jobs_pb2.CompleteJobRequest, jobs_pb2.CompleteJobsResult] = (
+            GroupCommit(self._complete_batch, max_batch=500)
+        )
         self._lease_duration = _duration(lease_seconds)
         self._poll_wait = _duration(self.poll_seconds)
 
@@ -629,7 +661,7 @@ class Worker:
         request = jobs_pb2.CompleteJobRequest(
             job_id=ctx.job_id, lease_id=ctx.lease_id, result=result, outputs=ctx.outputs
         )
-        status, detail = await self._report(running, self._stub.CompleteJob, request)
+        status, detail = await self._report(running, lambda: self._completions.submit(request))
         if status == "ok":
             return "succeeded"
         if status == _CANCELED:
@@ -649,7 +681,9 @@ class Worker:
             error=message[:_MAX_ERROR_CHARS] or "failed",
             retryable=retryable,
         )
-        status, reply = await self._report(running, self._stub.FailJob, request)
+        status, reply = await self._report(
+            running, lambda: self._call(self._stub.FailJob, request, deadline=_REPORT_TIMEOUT)
+        )
         if status == "ok":
             retried = reply.job.status == jobs_pb2.JOB_STATUS_QUEUED
             return "retried" if retried else "failed"
@@ -661,16 +695,22 @@ class Worker:
     async def _release(self, running: _Running) -> str:
         ctx = running.ctx
         request = jobs_pb2.ReleaseJobRequest(job_id=ctx.job_id, lease_id=ctx.lease_id)
-        status, _ = await self._report(running, self._stub.ReleaseJob, request)
+        status, _ = await self._report(
+            running, lambda: self._call(self._stub.ReleaseJob, request, deadline=_REPORT_TIMEOUT)
+        )
         return "released" if status == "ok" else status
 
-    async def _report(self, running: _Running, method: Any, request: Any) -> tuple[str, Any]:
+    async def _report(
+        self, running: _Running, send: Callable[[], Awaitable[Any]]
+    ) -> tuple[str, Any]:
         """Sends one report, again on transient errors while the lease may still hold:
         ("ok", reply), (canceled | lease_lost, None), ("invalid", details) or ("error", None)."""
         delay = 0.05
         while True:
             try:
-                return "ok", await self._call(method, request, deadline=_REPORT_TIMEOUT)
+                return "ok", await send()
+            except _Refused as refused:  # one item of a batched report
+                return refused.outcome, refused.detail
             except grpc.aio.AioRpcError as err:
                 code = err.code()
                 if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
@@ -686,6 +726,20 @@ class Worker:
                     extra={**self._log_fields(running), "code": code.name},
                 )
                 return "error", None
+
+    async def _complete_batch(
+        self, requests: Sequence[jobs_pb2.CompleteJobRequest]
+    ) -> list[jobs_pb2.CompleteJobsResult | BaseException]:
+        """Sends the completions gathered while the previous CompleteJobs call was in flight:
+        a busy worker pays one RPC for many jobs."""
+        reply = await self._call(
+            self._stub.CompleteJobs,
+            jobs_pb2.CompleteJobsRequest(completions=requests),
+            deadline=_REPORT_TIMEOUT,
+        )
+        return [
+            result if result.HasField("job") else _Refused.of(result) for result in reply.results
+        ]
 
     @staticmethod
     def _ended_because(err: grpc.aio.AioRpcError) -> str:

@@ -41,8 +41,8 @@ async def open_queue(
     """The queue as the service builds it: on PostgreSQL, with its hot path."""
     signals = Signals()
     dsn = db.postgres_dsn(database_url)
-    await signals.start(dsn)
     hot_path = None if dsn is None else await PgHotPath.connect(dsn, max_size=2)
+    await signals.start(dsn, None if hot_path is None else hot_path.notify_batch)
     return JobQueue(engine, signals, config, hot_path=hot_path), signals
 
 

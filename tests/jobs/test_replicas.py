@@ -34,9 +34,9 @@ async def replicas() -> AsyncIterator[list[JobQueue]]:
         signals: list[Signals] = []
         for engine in engines:
             relay = Signals()
-            await relay.start(db.postgres_dsn(url))
-            signals.append(relay)
             hot_path = await PgHotPath.connect(str(db.postgres_dsn(url)), max_size=2)
+            await relay.start(db.postgres_dsn(url), hot_path.notify_batch)
+            signals.append(relay)
             queues.append(JobQueue(engine, relay, JobsConfig(), hot_path=hot_path))
         try:
             yield queues
