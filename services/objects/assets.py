@@ -15,7 +15,7 @@ import mimetypes
 import re
 import secrets
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -23,7 +23,8 @@ from typing import Any
 from prometheus_client import Counter
 
 from services.objects.store import AssetRecord, AssetStore, DuplicateRequest
-from services.runtime.errors import InvalidArgument, NotFound, TooLarge
+from services.runtime.blob_keys import asset_key
+from services.runtime.errors import InvalidArgument, MissingField, NotFound, TooLarge
 from services.runtime.storage import BlobStore
 
 log = logging.getLogger("kiln.objects.assets")
@@ -34,6 +35,7 @@ MAX_FILE_NAME = 255
 MAX_METADATA_BYTES = 16 * 1024
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+MAX_BATCH_GET = 1000
 
 _3D_EXTENSIONS = {".obj", ".mtl", ".glb", ".gltf", ".stl", ".ply", ".off", ".fbx", ".usdz", ".dae"}
 _3D_TYPES = {
@@ -72,8 +74,7 @@ def new_asset_id() -> str:
 
 
 def blob_key(tenant: str, asset_id: str) -> str:
-    # The tenant is part of the key so a bucket listing per tenant (backups, purges) is cheap.
-    return f"tenants/{tenant}/assets/{asset_id}"
+    return asset_key(tenant, asset_id)
 
 
 def safe_file_name(raw: str) -> str:
@@ -201,6 +202,23 @@ class AssetCatalog:
         if record is None:
             raise NotFound(f"asset {asset_id!r} not found")
         return record
+
+    async def get_many(self, tenant: str, asset_ids: Sequence[str]) -> list[AssetRecord]:
+        """The assets in request order; NotFound names the first id the tenant does not have."""
+        if not asset_ids:
+            raise MissingField("asset_ids must name at least one asset", field="asset_ids")
+        if len(asset_ids) > MAX_BATCH_GET:
+            raise InvalidArgument(
+                f"at most {MAX_BATCH_GET} assets per call, got {len(asset_ids)}", field="asset_ids"
+            )
+        wanted = [i for i in dict.fromkeys(asset_ids) if ASSET_ID.match(i)]
+        found = await self._store.get_many(tenant, wanted) if wanted else {}
+        for asset_id in asset_ids:
+            if asset_id not in found:
+                raise NotFound(
+                    f"asset {asset_id!r} not found", field="asset_ids", metadata={"id": asset_id}
+                )
+        return [found[i] for i in asset_ids]
 
     async def list(self, tenant: str, *, page_size: int, page_token: str, kind: str) -> AssetPage:
         if page_size < 0:

@@ -51,7 +51,7 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 from google.protobuf.message import DecodeError
@@ -61,6 +61,8 @@ from prometheus_client import Counter, Gauge
 from services.runtime.errors import FellBehind
 
 log = logging.getLogger("kiln.objects.events")
+
+_T = TypeVar("_T")
 
 DEFAULT_QUEUE = 1024
 #: Objects whose last delivered version the hub remembers, to keep their events in order.
@@ -114,6 +116,35 @@ NOTIFY_RECONNECTS = Counter(
 # Queue markers: why a subscription ends.
 _FELL_BEHIND = object()
 _CLOSED = object()
+
+#: The key of field 1 (`event`, length-delimited) of SubscribeResponse.
+_SUBSCRIBE_RESPONSE_EVENT = b"\x0a"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+class _Delivery:
+    """One event as every subscriber's queue holds it: its SubscribeResponse bytes are made
+    by the first stream that sends it and shared by the others."""
+
+    __slots__ = ("_wire", "event")
+
+    def __init__(self, event: objects_pb2.ObjectEvent) -> None:
+        self.event = event
+        self._wire: bytes | None = None
+
+    def wire(self) -> bytes:
+        if self._wire is None:
+            body = self.event.SerializeToString()
+            self._wire = _SUBSCRIBE_RESPONSE_EVENT + _varint(len(body)) + body
+        return self._wire
 
 
 @dataclass(eq=False)
@@ -213,6 +244,10 @@ def _deleted_stub(ref: Reference) -> objects_pb2.ObjectEvent:
     )
     event.time.FromNanoseconds(ref.time_nanos)
     return event
+
+
+def _event_of(delivery: _Delivery) -> objects_pb2.ObjectEvent:
+    return delivery.event
 
 
 class EventHub:
@@ -317,11 +352,12 @@ class EventHub:
         if not subscribers:
             return
         scene = event.object.scene
+        delivery = _Delivery(event)
         for sub in list(subscribers):
             if sub.scene and sub.scene != scene:
                 continue
             try:
-                sub.queue.put_nowait(event)
+                sub.queue.put_nowait(delivery)
             except asyncio.QueueFull:
                 self._drop(sub)
 
@@ -379,25 +415,37 @@ class EventHub:
     def subscribe(self, tenant: str, scene: str = "") -> AsyncIterator[objects_pb2.ObjectEvent]:
         """Registers now (events published from here on are queued) and returns the stream;
         it raises FellBehind when the subscriber overflowed, and ends when the hub closes."""
+        return self._register(tenant, scene, _event_of)
+
+    def subscribe_wire(self, tenant: str, scene: str = "") -> AsyncIterator[bytes]:
+        """`subscribe`, each event as the bytes of a SubscribeResponse carrying it: made once
+        per event, however many streams send it."""
+        return self._register(tenant, scene, _Delivery.wire)
+
+    def _register(
+        self, tenant: str, scene: str, convert: Callable[[_Delivery], _T]
+    ) -> AsyncIterator[_T]:
         sub = _Subscriber(tenant=tenant, scene=scene, queue=asyncio.Queue(self._queue_size))
         self._subscribers.setdefault(tenant, set()).add(sub)
         SUBSCRIBERS.inc()
-        stream = self._stream(sub)
+        stream = self._stream(sub, convert)
         # A stream dropped before its first read never runs its `finally`; this covers it.
         weakref.finalize(stream, self._unregister, sub)
         return stream
 
-    async def _stream(self, sub: _Subscriber) -> AsyncIterator[objects_pb2.ObjectEvent]:
+    async def _stream(
+        self, sub: _Subscriber, convert: Callable[[_Delivery], _T]
+    ) -> AsyncIterator[_T]:
         try:
             while True:
-                event = await sub.queue.get()
-                if event is _FELL_BEHIND:
+                item = await sub.queue.get()
+                if item is _FELL_BEHIND:
                     raise FellBehind(
                         "subscriber fell behind and was dropped; subscribe again and re-read"
                     )
-                if event is _CLOSED:
+                if item is _CLOSED:
                     return
-                yield event
+                yield convert(item)
         finally:
             self._unregister(sub)
 
@@ -507,6 +555,8 @@ class PostgresRelay:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._listener: Any = None
+        # encode_notification writes the origin first, so a prefix test recognises our own.
+        self._own_prefix = '{"o":' + json.dumps(hub.origin) + ","
         #: Set while the listener is connected.
         self.listening = asyncio.Event()
 
@@ -612,6 +662,8 @@ class PostgresRelay:
             await conn.close()
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload.startswith(self._own_prefix):
+            return  # our own, delivered when published: not worth decoding
         try:
             origin, tenant, prev, item = decode_notification(payload)
         except ValueError as exc:

@@ -10,7 +10,6 @@ from kiln.objects.v1 import (
     clyman_pb2,
     clyman_pb2_grpc,
     objects_pb2,
-    objects_pb2_grpc,
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,7 +18,7 @@ from services.objects.clyman import ClymanServicer
 from services.objects.events import EventHub
 from services.objects.object_store import ObjectStore
 from services.objects.objects import ObjectCatalog
-from services.objects.servicer import AssetServicer, ObjectServicer
+from services.objects.servicer import AssetServicer, ObjectServicer, add_object_service
 from services.objects.store import AssetStore
 from services.objects.udp import EventCipher, UdpIngress
 from services.runtime import db
@@ -52,7 +51,7 @@ async def build(config: ServiceConfig) -> Registration:
         (
             objects_pb2,
             "ObjectService",
-            objects_pb2_grpc.add_ObjectServiceServicer_to_server,
+            add_object_service,
             ObjectServicer(objects),
         ),
         (
@@ -67,6 +66,7 @@ async def build(config: ServiceConfig) -> Registration:
         if udp is not None:
             await udp.close()
         await events.close()
+        await objects.close()
         await engine.dispose()
         await blobs.close()
 

@@ -8,6 +8,8 @@ writer got there first, which keeps per-object versions gap-free and strictly in
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 from collections.abc import Sequence
@@ -31,10 +33,12 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     true,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -226,6 +230,94 @@ _REPLACE_OBJECT = (
 )
 
 
+#: The columns an overwrite may set: never the lock (owner), assets or handles, whose new
+#: value depends on the stored one.
+OVERWRITABLE = (
+    "name",
+    "type",
+    "subtype",
+    "scene",
+    "parent",
+    "asset_sub_id",
+    "frame",
+    "timestamp",
+    "transform",
+)
+
+
+@dataclass(frozen=True)
+class FieldWrite:
+    """An overwrite of some OVERWRITABLE columns of one object, made at `now`."""
+
+    tenant: str
+    key: str
+    values: dict[str, Any]
+    now: dt.datetime
+
+
+_INT64 = range(-(1 << 63), 1 << 63)
+
+
+def _out_of_range(write: FieldWrite) -> ValueError | None:
+    for name in ("frame", "timestamp"):
+        value = write.values.get(name)
+        if value is not None and value not in _INT64:
+            return ValueError(f"{name} {value} does not fit in 64 bits")
+    return None
+
+
+def _overwrite_row(write: FieldWrite, sqlite: bool) -> dict[str, Any]:
+    now = write.now.astimezone(dt.UTC)
+    row: dict[str, Any] = {
+        **write.values,
+        "key": write.key,
+        "tenant": write.tenant,
+        # SQLite keeps times as text in SQLAlchemy's layout (without the zone: always UTC).
+        "now": now.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else now.isoformat(),
+    }
+    return row
+
+
+# Overwrites of any number of objects as one statement whose text never changes: the writes
+# travel as one JSON array, a column absent from a write is NULL there and keeps its stored
+# value (no overwritable column is ever set to NULL: an update that leaves a field out keeps
+# it). A fixed text is parsed and planned once per connection, whatever the batch's size.
+_RETURNING = ", ".join(f'"{name}"' for name in _OBJECT_COLUMNS)
+_SQL_TYPES = {"frame": "bigint", "timestamp": "bigint", "transform": "json", "now": "timestamptz"}
+_OVERWRITE_POSTGRES = (
+    text(
+        "UPDATE objects AS o SET "
+        + ", ".join(f'"{n}" = COALESCE(v."{n}", o."{n}")' for n in OVERWRITABLE)
+        + ', version = o.version + 1, updated_at = v."now" '
+        "FROM json_to_recordset(CAST(:rows AS json)) AS v("
+        + ", ".join(
+            f'"{n}" {_SQL_TYPES.get(n, "text")}' for n in ("key", "tenant", *OVERWRITABLE, "now")
+        )
+        + ") WHERE o.tenant = v.tenant AND o.key = v.key RETURNING "
+        + ", ".join(f'o."{name}"' for name in _OBJECT_COLUMNS)
+    )
+    .bindparams(bindparam("rows", type_=Text))
+    .columns(*_OBJECTS.c)
+)
+# SQLite: `->` keeps JSON (the transform), `->>` gives SQL values; FROM tables may not appear
+# in RETURNING, and v's columns are prefixed so no name there is ambiguous.
+_OVERWRITE_SQLITE = (
+    text(
+        "UPDATE objects SET "
+        + ", ".join(f'"{n}" = COALESCE(v."v_{n}", objects."{n}")' for n in OVERWRITABLE)
+        + ', version = objects.version + 1, updated_at = v."v_now" FROM (SELECT '
+        + ", ".join(
+            f"j.value {'->' if n == 'transform' else '->>'} '$.{n}' AS \"v_{n}\""
+            for n in ("key", "tenant", *OVERWRITABLE, "now")
+        )
+        + " FROM json_each(:rows) AS j) AS v "
+        'WHERE objects.tenant = v."v_tenant" AND objects.key = v."v_key" RETURNING ' + _RETURNING
+    )
+    .bindparams(bindparam("rows", type_=Text))
+    .columns(*_OBJECTS.c)
+)
+
+
 class VersionConflict(Exception):
     """Another writer changed the object after it was read; read again and retry."""
 
@@ -235,8 +327,13 @@ class ObjectStore:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
-        # One prebuilt statement per set of overwritten columns (a handful in practice).
-        self._set_statements: dict[tuple[str, ...], Any] = {}
+        engine = sessions.kw.get("bind")
+        if not isinstance(engine, AsyncEngine):
+            raise TypeError("the sessions must be bound to an AsyncEngine")
+        self._engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._writer: AsyncConnection | None = None
+        self._writer_lock = asyncio.Lock()
 
     # --- objects ---------------------------------------------------------------------------
 
@@ -283,30 +380,110 @@ class ObjectStore:
     async def set_fields(
         self, tenant: str, key: str, values: dict[str, Any], now: dt.datetime
     ) -> ObjectRecord | None:
-        """Overwrites the given columns and takes the next version in one statement, with no
-        read first: an update that only replaces fields cannot conflict with anything."""
-        names = tuple(sorted(values))
-        statement = self._set_statements.get(names)
-        if statement is None:
-            statement = (
-                update(_OBJECTS)
-                .where(
-                    _OBJECTS.c.tenant == bindparam("b_tenant"), _OBJECTS.c.key == bindparam("b_key")
-                )
-                .values(
-                    {
-                        **{name: bindparam(name) for name in names},
-                        "version": _OBJECTS.c.version + 1,
-                        "updated_at": bindparam("b_now"),
-                    }
-                )
-                .returning(*_OBJECTS.c)
-            )
-            self._set_statements[names] = statement
-        params = {**values, "b_tenant": tenant, "b_key": key, "b_now": now}
-        async with self._sessions.begin() as session:
-            row = (await session.execute(statement, params)).first()
-            return _object(row) if row else None
+        """Overwrites the given columns and takes the next version; None: no such object."""
+        [stored] = await self.set_fields_many([FieldWrite(tenant, key, values, now)])
+        if isinstance(stored, Exception):
+            raise stored
+        return stored
+
+    async def set_fields_many(
+        self, writes: Sequence[FieldWrite]
+    ) -> list[ObjectRecord | Exception | None]:
+        """Applies every write, in order, with no read first: an update that only replaces
+        fields cannot conflict with anything. Answers, per write, its stored row, None where
+        the object does not exist, or the error that refused it (and only it).
+
+        One statement carries every write to distinct objects; a second write to the same
+        object goes in a later statement, so it applies after the first and takes the version
+        after it. Each statement is its own transaction: atomic, durable when it returns."""
+        for write in writes:
+            unknown = set(write.values) - set(OVERWRITABLE)
+            if unknown:
+                raise ValueError(f"not overwritable: {sorted(unknown)}")
+        stored: list[ObjectRecord | Exception | None] = [None] * len(writes)
+        rounds: list[list[int]] = []
+        last_round: dict[str, int] = {}
+        for index, write in enumerate(writes):
+            refused = _out_of_range(write)
+            if refused is not None:
+                # SQLite would store it as a float, not refuse it: refused here on both.
+                stored[index] = refused
+                continue
+            position = last_round.get(write.key, -1) + 1
+            if position == len(rounds):
+                rounds.append([])
+            rounds[position].append(index)
+            last_round[write.key] = position
+        for indexes in rounds:
+            try:
+                rows = await self._overwrite([writes[i] for i in indexes])
+            except Exception as exc:
+                if len(indexes) == 1 or getattr(exc, "connection_invalidated", False):
+                    # Lost mid-statement, it may or may not have committed: not retried.
+                    for i in indexes:
+                        stored[i] = exc
+                    continue
+                # One write the database refuses (a value too long, say) fails the whole
+                # statement, which changed nothing: each alone, so it fails only itself.
+                for i in indexes:
+                    try:
+                        stored[i] = (await self._overwrite([writes[i]])).get(writes[i].key)
+                    except Exception as alone:
+                        stored[i] = alone
+                continue
+            for i in indexes:
+                stored[i] = rows.get(writes[i].key)
+        return stored
+
+    async def _overwrite(self, writes: Sequence[FieldWrite]) -> dict[str, ObjectRecord]:
+        """One overwrite statement as its own transaction (PostgreSQL: autocommit, one round
+        trip, no BEGIN / COMMIT)."""
+        async with self._writer_lock:
+            if self._sqlite:
+                # SQLite takes no network round trip to check a pooled connection out, and an
+                # aiosqlite connection held open would keep its thread (and the process) alive.
+                # A plain transaction: switching a pooled connection to autocommit and back
+                # costs more thread hops than BEGIN and COMMIT.
+                async with self._engine.begin() as connection:
+                    return await self._run_overwrite(connection, writes)
+            # PostgreSQL: the pool pings every connection it hands out, a round trip as dear
+            # as the statement; overwrites keep one connection instead, one batch at a time.
+            if self._writer is None:
+                connection = await self._engine.connect()
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                self._writer = connection
+            try:
+                return await self._run_overwrite(self._writer, writes)
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    await self._drop_writer()
+                raise
+            except Exception:
+                # Not the statement's own error: the connection may be anywhere in its
+                # exchange with the server; start again on a fresh one.
+                await self._drop_writer()
+                raise
+
+    async def _run_overwrite(
+        self, connection: AsyncConnection, writes: Sequence[FieldWrite]
+    ) -> dict[str, ObjectRecord]:
+        rows = json.dumps(
+            [_overwrite_row(write, self._sqlite) for write in writes], separators=(",", ":")
+        )
+        statement = _OVERWRITE_SQLITE if self._sqlite else _OVERWRITE_POSTGRES
+        result = await connection.execute(statement, {"rows": rows})
+        return {row.key: _object(row) for row in result}
+
+    async def _drop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                await writer.close()
+
+    async def close(self) -> None:
+        """Returns the connection kept for overwrites (before the engine is disposed)."""
+        async with self._writer_lock:
+            await self._drop_writer()
 
     async def delete_object(self, tenant: str, key: str) -> ObjectRecord | None:
         async with self._sessions.begin() as session:

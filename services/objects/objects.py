@@ -30,6 +30,7 @@ from prometheus_client import Counter
 
 from services.objects.events import EventHub, Reference
 from services.objects.object_store import (
+    FieldWrite,
     ObjectQuery,
     ObjectRecord,
     ObjectStore,
@@ -38,6 +39,7 @@ from services.objects.object_store import (
     VersionConflict,
 )
 from services.objects.transform import IDENTITY
+from services.runtime.batching import GroupCommit
 from services.runtime.errors import InvalidArgument, LockHeld, MissingField, NotFound
 
 KEY = re.compile(r"^[0-9a-f]{24}$")
@@ -140,6 +142,10 @@ class ObjectCatalog:
         self._clock = clock
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._guard: Callable[[str], AbstractAsyncContextManager[None]] | None = None
+        # Field overwrites of concurrent requests share one statement and one commit.
+        self._overwrites: GroupCommit[FieldWrite, ObjectRecord | None] = GroupCommit(
+            self._commit_overwrites
+        )
 
     @property
     def events(self) -> EventHub:
@@ -230,6 +236,9 @@ class ObjectCatalog:
         raise InvalidArgument(f"object {key!r} changed too often to update; retry")
 
     async def update(self, tenant: str, key: str, patch: ObjectPatch) -> ObjectRecord:
+        for name, value in (("frame", patch.frame), ("timestamp", patch.timestamp)):
+            if value is not None and not -(1 << 63) <= value < 1 << 63:
+                raise InvalidArgument(f"{name} does not fit in 64 bits", field=name)
         overwrites: dict[str, Any] = {k: v for k, v in patch.strings.items() if v and k != "owner"}
         if patch.frame is not None:
             overwrites["frame"] = patch.frame
@@ -260,13 +269,31 @@ class ObjectCatalog:
     async def _overwrite(self, tenant: str, key: str, values: dict[str, Any]) -> ObjectRecord:
         if not KEY.match(key):
             raise NotFound(f"object {key!r} not found")
+        # Holding the object's lock keeps at most one overwrite of it in flight here, so other
+        # kinds of change (locks, assets, deletes) stay ordered around it; the batch publishes
+        # the event. A caller cancelled while its write is in a batch releases the lock early:
+        # the write may still commit and publish, and the hub puts a change racing it back in
+        # version order.
         async with self._serialised(key):
-            stored = await self._store.set_fields(tenant, key, values, self._clock())
-            if stored is None:
-                raise NotFound(f"object {key!r} not found")
-            CHANGES.labels("update").inc()
-            await self._publish(tenant, EventType.OBJECT_EVENT_TYPE_UPDATED, stored)
-            return stored
+            stored = await self._overwrites.submit(FieldWrite(tenant, key, values, self._clock()))
+        if stored is None:
+            raise NotFound(f"object {key!r} not found")
+        return stored
+
+    async def _commit_overwrites(
+        self, writes: Sequence[FieldWrite]
+    ) -> Sequence[ObjectRecord | BaseException | None]:
+        """One batch of GroupCommit: commits every write, then publishes their events in
+        commit order, before any caller is answered."""
+        results = await self._store.set_fields_many(writes)
+        for result in results:
+            if isinstance(result, ObjectRecord):
+                CHANGES.labels("update").inc()
+                await self._publish(result.tenant, EventType.OBJECT_EVENT_TYPE_UPDATED, result)
+        return results
+
+    async def close(self) -> None:
+        await self._store.close()
 
     async def overwrite_transform(
         self, tenant: str, key: str, transform: Sequence[float]

@@ -74,6 +74,15 @@ class AssetServicer(assets_pb2_grpc.AssetServiceServicer):
         url = await self._catalog.download_url(record)
         return assets_pb2.GetAssetResponse(asset=_to_proto(record, url))
 
+    async def BatchGetAssets(
+        self, request: assets_pb2.BatchGetAssetsRequest, context: grpc.aio.ServicerContext
+    ) -> assets_pb2.BatchGetAssetsResponse:
+        records = await self._catalog.get_many(current_tenant(), list(request.asset_ids))
+        urls = [await self._catalog.download_url(r) for r in records]
+        return assets_pb2.BatchGetAssetsResponse(
+            assets=[_to_proto(r, url) for r, url in zip(records, urls, strict=True)]
+        )
+
     async def ListAssets(
         self, request: assets_pb2.ListAssetsRequest, context: grpc.aio.ServicerContext
     ) -> assets_pb2.ListAssetsResponse:
@@ -228,10 +237,50 @@ class ObjectServicer(objects_pb2_grpc.ObjectServiceServicer):
 
     async def Subscribe(
         self, request: objects_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[objects_pb2.SubscribeResponse]:
-        events = self._catalog.events.subscribe(current_tenant(), request.scene)
+    ) -> None:
+        # Writes, not yields: each event is one await per stream instead of a pass through
+        # every interceptor's generator, and it goes as bytes made once for all streams
+        # (add_object_service gives Subscribe a serializer that sends bytes as they are).
+        events = self._catalog.events.subscribe_wire(current_tenant(), request.scene)
         # Initial metadata tells the client the subscription is registered: every change
         # committed after it arrives is delivered.
         await context.send_initial_metadata(())
-        async for event in events:
-            yield objects_pb2.SubscribeResponse(event=event)
+        async for wire in events:
+            await context.write(wire)
+
+
+def _as_bytes(message: Any) -> bytes:
+    """Subscribe's response serializer: a SubscribeResponse already serialised goes as is."""
+    return message if isinstance(message, bytes) else bytes(message.SerializeToString())
+
+
+class _Handlers:
+    """Collects what the generated add_..._to_server registers, so one handler can change."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self.service = ""
+
+    def add_generic_rpc_handlers(self, _handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.service, self.handlers = service, handlers
+
+
+def add_object_service(servicer: ObjectServicer, server: grpc.aio.Server) -> None:
+    """The generated registration of ObjectService, with Subscribe sending bytes."""
+    found = _Handlers()
+    objects_pb2_grpc.add_ObjectServiceServicer_to_server(servicer, found)
+    handlers = dict(found.handlers)
+    handlers["Subscribe"] = grpc.unary_stream_rpc_method_handler(
+        servicer.Subscribe,
+        request_deserializer=objects_pb2.SubscribeRequest.FromString,
+        response_serializer=_as_bytes,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(found.service, handlers),)
+    )
+    server.add_registered_method_handlers(found.service, handlers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +123,13 @@ class AssetStore:
                 select(AssetRow).where(AssetRow.tenant == tenant, AssetRow.id == asset_id)
             )
             return _record(row) if row else None
+
+    async def get_many(self, tenant: str, asset_ids: Sequence[str]) -> dict[str, AssetRecord]:
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(AssetRow).where(AssetRow.tenant == tenant, AssetRow.id.in_(asset_ids))
+            )
+            return {row.id: _record(row) for row in rows}
 
     async def by_request_id(self, tenant: str, request_id: str) -> AssetRecord | None:
         async with self._sessions() as session:

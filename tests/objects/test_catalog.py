@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
+from kiln.objects.v1 import objects_pb2
 from sqlalchemy.exc import IntegrityError
 
 from services.objects.events import EventHub
 from services.objects.main import MIGRATIONS
-from services.objects.object_store import ObjectQuery, ObjectRecord, ObjectStore
+from services.objects.object_store import FieldWrite, ObjectQuery, ObjectRecord, ObjectStore
 from services.objects.objects import ObjectCatalog, ObjectPatch
 from services.runtime import db
 from services.runtime.errors import InvalidArgument, LockHeld, MissingField, NotFound
@@ -31,7 +33,9 @@ class Clock:
 async def catalog(database_url: str) -> AsyncIterator[tuple[ObjectCatalog, Clock]]:
     clock = Clock()
     async with db.migrated_engine(database_url, "objects", MIGRATIONS) as engine:
-        yield ObjectCatalog(ObjectStore(db.sessionmaker(engine)), EventHub(), clock=clock), clock
+        objects = ObjectCatalog(ObjectStore(db.sessionmaker(engine)), EventHub(), clock=clock)
+        yield objects, clock
+        await objects.close()
 
 
 def draft(**fields: object) -> ObjectRecord:
@@ -197,3 +201,148 @@ async def test_events_follow_every_change_in_version_order(
     names = [e.type for e in received]
     assert names == [1, 2, 4, 6, 5, 3]  # created, updated, locked, assets, unlocked, deleted
     assert received[1].object.name == "w2" and received[2].object.owner == "d"
+
+
+# --- group commit of field overwrites -------------------------------------------------------
+
+
+class CountingStore(ObjectStore):
+    """The real store, recording the size of every batch of overwrites it is given."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.batches: list[int] = []
+
+    async def set_fields_many(
+        self, writes: Sequence[FieldWrite]
+    ) -> list[ObjectRecord | Exception | None]:
+        self.batches.append(len(writes))
+        return await super().set_fields_many(writes)
+
+
+@pytest.fixture
+async def counted(database_url: str) -> AsyncIterator[tuple[ObjectCatalog, CountingStore]]:
+    async with db.migrated_engine(database_url, "objects", MIGRATIONS) as engine:
+        store = CountingStore(db.sessionmaker(engine))
+        objects = ObjectCatalog(store, EventHub())
+        yield objects, store
+        await objects.close()
+
+
+async def test_concurrent_overwrites_share_batches_and_keep_versions(
+    counted: tuple[ObjectCatalog, CountingStore],
+) -> None:
+    objects, store = counted
+    records = await objects.create(T, [draft(name=f"o{i}", scene="s") for i in range(8)])
+    received: list[objects_pb2.ObjectEvent] = []
+    rounds = 5
+
+    async def listen() -> None:
+        async for event in objects.events.subscribe(T):
+            received.append(event)
+            if len(received) == 8 * 2 * rounds:  # subscribed after the creates
+                return
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0)
+
+    async def writer(key: str) -> list[int]:
+        versions = []
+        for i in range(rounds):
+            stored = await objects.update(
+                T, key, ObjectPatch(strings={"name": f"{key}-{i}"}, frame=i, transform=[2.0] * 16)
+            )
+            versions.append(stored.version)
+        return versions
+
+    # Every object twice at once: a write to one object waits for the one before it.
+    keys = [r.key for r in records for _ in range(2)]
+    results = await asyncio.gather(*(writer(key) for key in keys))
+    await asyncio.wait_for(listener, 5)
+    assert max(store.batches) > 1, f"concurrent overwrites were never batched: {store.batches}"
+    assert sum(store.batches) == 8 * 2 * rounds
+    for record in records:
+        stored = await objects.get(T, record.key)
+        assert stored.version == 1 + 2 * rounds
+        assert stored.frame == rounds - 1 and stored.transform == [2.0] * 16
+        assert stored.scene == "s" and stored.name.startswith(record.key)
+        mine = sorted(
+            v for key, got in zip(keys, results, strict=True) if key == record.key for v in got
+        )
+        assert mine == list(range(2, 2 + 2 * rounds)), "versions must be gap-free and unique"
+        events = [e.version for e in received if e.object.key == record.key]
+        assert events == list(range(2, 2 + 2 * rounds)), "events must follow version order"
+
+
+async def test_one_unknown_key_fails_only_its_own_caller(
+    counted: tuple[ObjectCatalog, CountingStore],
+) -> None:
+    objects, store = counted
+    good = await objects.create(T, [draft(name=f"g{i}") for i in range(4)])
+    missing = "0" * 24
+    outcomes = await asyncio.gather(
+        *(objects.update(T, r.key, ObjectPatch(strings={"name": "ok"})) for r in good[:2]),
+        objects.update(T, missing, ObjectPatch(strings={"name": "nope"})),
+        *(objects.update(T, r.key, ObjectPatch(strings={"name": "ok"})) for r in good[2:]),
+        objects.update("another-tenant", good[0].key, ObjectPatch(strings={"name": "theirs"})),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[2], NotFound) and isinstance(outcomes[5], NotFound)
+    changed = [o for i, o in enumerate(outcomes) if i not in (2, 5)]
+    assert all(isinstance(o, ObjectRecord) and o.name == "ok" and o.version == 2 for o in changed)
+    assert max(store.batches) > 1
+    assert (await objects.get(T, good[0].key)).name == "ok"
+
+
+async def test_a_refused_write_fails_only_itself(database_url: str) -> None:
+    async with db.migrated_engine(database_url, "objects", MIGRATIONS) as engine:
+        store = ObjectStore(db.sessionmaker(engine))
+        try:
+            now = dt.datetime.now(dt.UTC)
+            records = [
+                ObjectRecord(key=f"{i:024x}", tenant=T, transform=[1.0] * 16, created_at=now)
+                for i in range(4)
+            ]
+            await store.insert_objects(records)
+            refused = [{"frame": 1 << 70}]  # refused before any statement, on both databases
+            if database_url.startswith("postgresql"):
+                # Refused by the database itself (SQLite does not enforce lengths), which
+                # fails the whole statement: the others must still be applied.
+                refused.append({"name": "x" * 300})
+            results = await store.set_fields_many(
+                [
+                    FieldWrite(T, records[0].key, {"name": "a"}, now),
+                    *(FieldWrite(T, records[1 + i].key, v, now) for i, v in enumerate(refused)),
+                    FieldWrite(T, records[3].key, {"name": "d"}, now),
+                    FieldWrite(T, records[0].key, {"name": "a2"}, now),
+                ]
+            )
+            first, *bad, fourth, again = results
+            assert all(isinstance(b, Exception) for b in bad) and len(bad) == len(refused)
+            assert isinstance(first, ObjectRecord) and first.name == "a" and first.version == 2
+            assert isinstance(fourth, ObjectRecord) and fourth.name == "d" and fourth.version == 2
+            assert isinstance(again, ObjectRecord) and again.name == "a2" and again.version == 3
+            for record in records[1:3]:
+                untouched = await store.get_object(T, record.key)
+                assert untouched is not None and untouched.version == 1
+                assert untouched.frame is None and untouched.name == ""
+            # The connection kept for overwrites still works after a refusal.
+            assert await store.set_fields(T, records[1].key, {"frame": 7}, now) is not None
+        finally:
+            await store.close()
+
+
+async def test_only_overwritable_columns_can_be_overwritten(database_url: str) -> None:
+    async with db.migrated_engine(database_url, "objects", MIGRATIONS) as engine:
+        store = ObjectStore(db.sessionmaker(engine))
+        with pytest.raises(ValueError, match="owner"):
+            await store.set_fields(T, "a" * 24, {"owner": "me"}, dt.datetime.now(dt.UTC))
+        await store.close()
+
+
+async def test_an_out_of_range_frame_is_bad_input(catalog: tuple[ObjectCatalog, Clock]) -> None:
+    objects, _ = catalog
+    [record] = await objects.create(T, [draft(name="f")])
+    with pytest.raises(InvalidArgument):
+        await objects.update(T, record.key, ObjectPatch(frame=1 << 64))
+    assert (await objects.get(T, record.key)).version == 1
