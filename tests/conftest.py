@@ -146,7 +146,9 @@ async def suite(base_env: dict[str, str]) -> AsyncIterator[Suite]:
     running = Suite(env=base_env, data_dir=Path(base_env["KILN_DATA_DIR"]))
     try:
         for name in SERVICE_NAMES:
-            running.servers[name] = await start_service(name, base_env)
+            # Each service learns where the ones started before it listen (the archive
+            # service calls objects and jobs).
+            running.servers[name] = await start_service(name, running.target_env())
         yield running
     finally:
         for server in running.servers.values():

@@ -43,8 +43,8 @@ from gateway.errors import ApiError, ErrorShapes, clara_shape
 from gateway.jsonpb import JsonValue, dumps, json_response
 from gateway.routing import Endpoint, Handler, RequestContext, endpoint
 from gateway.sse import MEDIA_TYPE, ServerStream, SseEvent, sse_handler
+from services.runtime.blob_keys import check_output_name
 from services.runtime.errors import InvalidArgument
-from services.runtime.job_outputs import check_output_name
 
 PREFIX = jobs_views.CLARA_JOBS_PATH
 JOB_PATH = PREFIX + "/{jobId}"

@@ -55,6 +55,8 @@ def render(template: str, asset: NamedAsset) -> str:
         if token == "assetId":
             return asset.id
         raw = asset.metadata.get(token)
+        if isinstance(raw, float) and raw.is_integer():
+            raw = int(raw)  # metadata travels as protobuf Struct, whose numbers are doubles
         return "" if raw is None else str(raw)
 
     return _TOKEN.sub(value, template)

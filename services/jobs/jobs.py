@@ -45,6 +45,7 @@ from services.jobs.store import (
     Transition,
 )
 from services.runtime.batching import GroupCommit
+from services.runtime.blob_keys import check_output_name, output_key
 from services.runtime.config import JobsConfig
 from services.runtime.errors import (
     FailedPrecondition,
@@ -55,7 +56,6 @@ from services.runtime.errors import (
     MissingField,
     NotFound,
 )
-from services.runtime.job_outputs import check_output_name, output_key
 from services.runtime.storage import BlobStore
 
 log = logging.getLogger("kiln.jobs")

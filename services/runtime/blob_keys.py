@@ -1,8 +1,12 @@
-"""Where a job's output files live in the bucket.
+"""Where things live in the bucket: the one place every service agrees on object keys.
 
-Every output sits under its job's prefix, named by the worker: a retried attempt writes the same
-keys again (overwriting, never duplicating), cancelling or purging a job removes the prefix,
-and the jobs service can serve any output knowing only the job id and the name.
+An asset's bytes sit at a key derived from its tenant and id alone, so a retried upload
+overwrites instead of duplicating, and a service that may read an asset (the archive worker)
+finds it without asking for its key.
+
+Every job output sits under its job's prefix, named by the worker: a retried attempt writes the
+same keys again (overwriting, never duplicating), cancelling or purging a job removes the
+prefix, and the jobs service can serve any output knowing only the job id and the name.
 """
 
 from __future__ import annotations
@@ -13,6 +17,12 @@ from services.runtime.errors import InvalidArgument
 
 #: Output names are plain file names: no separators, no dot-only names, no control characters.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,199}")
+
+
+def asset_key(tenant: str, asset_id: str) -> str:
+    """The object key of an asset's bytes. The tenant is part of it so a bucket listing per
+    tenant (backups, purges) is cheap."""
+    return f"tenants/{tenant}/assets/{asset_id}"
 
 
 def output_prefix(job_id: str) -> str:

@@ -17,6 +17,7 @@
     │   ├── TooLarge       a body or upload exceeds a configured limit
     │   └── FellBehind     a subscriber overflowed its queue and was dropped
     ├── StorageError       the S3 store failed in a way the caller cannot fix
+    ├── Unavailable        another Kiln service could not be reached in time
     └── JobFailed          a job handler gives up on its job (worker side, never an RPC status)
 
 Servicers raise these; `services.runtime.status` turns them into gRPC statuses with a
@@ -137,6 +138,12 @@ class FellBehind(ResourceExhausted):
 
 class StorageError(KilnError):
     """The S3 store failed in a way the caller cannot fix."""
+
+
+class Unavailable(KilnError):
+    """Another Kiln service could not be reached in time; the call may be retried."""
+
+    reason = "ERROR_REASON_UNSPECIFIED"
 
 
 class JobFailed(KilnError):

@@ -19,7 +19,21 @@ _CODES: tuple[tuple[type[errors.KilnError], grpc.StatusCode], ...] = (
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.StorageError, grpc.StatusCode.UNAVAILABLE),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
 )
+
+#: The Kiln error a downstream status becomes, so a service passing on another's refusal (an
+#: unknown asset, a bad field) keeps its code, reason and field.
+_FROM_CODES: dict[grpc.StatusCode, type[errors.KilnError]] = {
+    grpc.StatusCode.UNAUTHENTICATED: errors.AuthError,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
+}
 
 
 def grpc_code_for(error: errors.KilnError) -> grpc.StatusCode:
@@ -57,3 +71,16 @@ def error_info(
             detail.Unpack(info)
             return info
     return None
+
+
+def from_call(call_error: grpc.aio.AioRpcError) -> errors.KilnError:
+    """The Kiln error that another service's failed call stands for (INTERNAL for codes a
+    caller cannot act on)."""
+    cls = _FROM_CODES.get(call_error.code(), errors.KilnError)
+    info = error_info(call_error)
+    metadata = dict(info.metadata) if info is not None else {}
+    field = metadata.pop("field", None)
+    error = cls(call_error.details() or call_error.code().name, field=field, metadata=metadata)
+    if info is not None and info.reason:
+        error.reason = info.reason
+    return error

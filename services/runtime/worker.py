@@ -66,6 +66,7 @@ from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from services.runtime import _worker_metrics as metrics
 from services.runtime.batching import GroupCommit
+from services.runtime.blob_keys import output_key, output_prefix
 from services.runtime.config import SERVICE_NAMES, ServiceConfig, StorageConfig
 from services.runtime.errors import (
     ConfigError,
@@ -76,7 +77,6 @@ from services.runtime.errors import (
     MissingField,
     NotFound,
 )
-from services.runtime.job_outputs import output_key, output_prefix
 from services.runtime.status import error_info
 from services.runtime.storage import BlobStore
 

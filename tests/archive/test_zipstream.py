@@ -169,3 +169,9 @@ async def test_a_missing_member_fails_the_archive_and_leaves_nothing(store: Blob
             write_zip, store, key, members, progress=lambda _: None, cancelled=threading.Event()
         )
     assert await store.stat(key) is None
+
+
+def test_whole_numbers_from_struct_metadata_print_as_integers() -> None:
+    assert member_names([asset("asset_a", num=2.0, seed=42.0)], template="<num>-<seed>") == [
+        "2-42.jpg"
+    ]

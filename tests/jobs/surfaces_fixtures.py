@@ -3,7 +3,7 @@
 Two Basic API clients, each in its own tenant, call the gateway; jobs are created with
 JobService.CreateJob over gRPC in those tenants and driven to their outcomes with
 WorkerService (a worker token) or CancelJob, as the render and archive workers will.
-Outputs are written where the jobs service reads them (`services.runtime.job_outputs`).
+Outputs are written where the jobs service reads them (`services.runtime.blob_keys`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from gateway.apis import DEFAULT_APIS, clara
 from gateway.app import build_app
+from services.runtime.blob_keys import output_key
 from services.runtime.config import load_gateway_config
-from services.runtime.job_outputs import output_key
 from services.runtime.storage import BlobStore
-from tests.conftest import Suite, bearer
+from tests.conftest import Suite, bearer, start_service
 from tests.gateway.conftest import REPO, live
 
 #: Keep-alive of the test gateway's Clara event streams (the real one: 4 s).
@@ -200,8 +200,15 @@ async def start_surfaces(
     token_for: Callable[..., str],
     worker_token: str,
 ) -> AsyncIterator[Surfaces]:
+    # A jobs service of their own: the suite's render and archive workers would otherwise
+    # lease the test's scene, image and archive jobs before the test's hand-driven worker.
+    private_jobs = await start_service(
+        "jobs", {**suite.env, "KILN_JOBS_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'jobs.db'}"}
+    )
+    jobs_target = f"127.0.0.1:{private_jobs.port}"
     env = {
         **suite.target_env(),
+        "KILN_JOBS_TARGET": jobs_target,
         "KILN_GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'gateway.db'}",
         "KILN_DESCRIPTOR_SET": str(REPO / "gen" / "kiln.binpb"),
         "KILN_DEMO_CLIENT_ID": "",
@@ -217,12 +224,13 @@ async def start_surfaces(
             await app.state.gateway.clients.ensure(client_id, secret, tenant=name, scopes=["*"])
             tenants.append(Tenant(name, client_id, secret, token_for(name)))
         blobs = BlobStore(suite.config("jobs").storage)
-        async with grpc.aio.insecure_channel(suite.targets["jobs"]) as channel:
+        async with grpc.aio.insecure_channel(jobs_target) as channel:
             jobs = Jobs(channel, worker_token, blobs)
             try:
                 yield Surfaces(http=http, a=tenants[0], b=tenants[1], jobs=jobs)
             finally:
                 await blobs.close()
+                await private_jobs.stop(1)
 
 
 async def eventually(check: Callable[[], Any], within: float = 10.0) -> None:

@@ -28,8 +28,8 @@ from prometheus_client import REGISTRY
 
 from deploy.local.seaweed import free_port
 from services.runtime.auth import TokenSigner, write_worker_token
+from services.runtime.blob_keys import output_key
 from services.runtime.config import StorageConfig, load_service_config
-from services.runtime.job_outputs import output_key
 from services.runtime.storage import BlobStore
 from services.runtime.worker import Handler, TokenFile, Worker
 from tests.conftest import (
