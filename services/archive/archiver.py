@@ -18,12 +18,24 @@ from typing import Any
 
 from google.protobuf import json_format
 from kiln.objects.v1 import assets_pb2
+from prometheus_client import Counter, Histogram
 
 from services.archive.naming import NamedAsset, member_names
 from services.archive.zipstream import Member, ZipResult, should_deflate, write_zip
 from services.runtime.blob_keys import asset_key
 from services.runtime.errors import JobFailed
 from services.runtime.worker import JobContext
+
+ARCHIVES_WRITTEN = Counter("kiln_archives_written_total", "Archives completed.")
+ARCHIVE_INPUT_BYTES = Counter(
+    "kiln_archive_input_bytes_total", "Bytes of assets read into completed archives."
+)
+ARCHIVE_OUTPUT_BYTES = Counter("kiln_archive_output_bytes_total", "Bytes of ZIP written.")
+ARCHIVE_SECONDS = Histogram(
+    "kiln_archive_seconds",
+    "Time to stream one archive.",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
+)
 
 KIND = "archive.create"
 ARCHIVE_NAME = "archive.zip"
@@ -88,6 +100,7 @@ async def create_archive(ctx: JobContext) -> dict[str, Any]:
             write_zip, ctx.blobs, key, members, progress=progress, cancelled=cancelled
         ),
     )
+    started = loop.time()
     try:
         result: ZipResult = await asyncio.shield(stream)
     except asyncio.CancelledError:
@@ -97,6 +110,10 @@ async def create_archive(ctx: JobContext) -> dict[str, Any]:
         with contextlib.suppress(Exception):
             await stream
         raise
+    ARCHIVE_SECONDS.observe(loop.time() - started)
+    ARCHIVES_WRITTEN.inc()
+    ARCHIVE_INPUT_BYTES.inc(total)
+    ARCHIVE_OUTPUT_BYTES.inc(result.size)
     ctx.record_output(ARCHIVE_NAME, size=result.size, content_type="application/zip")
     url = await ctx.blobs.presigned_get_url(key, download_name=ARCHIVE_NAME)
     return {

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import io
 import os
+import urllib.request
 import uuid
 import zipfile
 from collections.abc import AsyncIterator
@@ -108,7 +109,17 @@ JPEG = b"\xff\xd8\xff\xe0" + os.urandom(200_000) + b"\xff\xd9"
 OBJ = b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n" * 20_000
 
 
-async def test_the_seed_flow_archives_assets_with_identical_bytes(rig: Rig) -> None:
+def archives_written(suite: Suite) -> float:
+    port = suite.servers["archive"].metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("kiln_archives_written_total "):
+                return float(line.split()[1])
+    return 0.0
+
+
+async def test_the_seed_flow_archives_assets_with_identical_bytes(rig: Rig, suite: Suite) -> None:
+    written = archives_written(suite)
     photo = await rig.a.upload(
         JPEG, "fox.jpg", prompt="a red fox", num="1", generator="g", seed="7"
     )
@@ -145,6 +156,7 @@ async def test_the_seed_flow_archives_assets_with_identical_bytes(rig: Rig) -> N
         "in-progress",
         "success",
     ]
+    assert archives_written(suite) == written + 1
 
 
 async def test_folders_and_hostile_templates_stay_inside_the_archive(rig: Rig) -> None:
