@@ -12,6 +12,7 @@ BENCHMARKS = [
     "bench.s3_throughput",
     "bench.objects",
     "bench.jobs",
+    "bench.archive",
 ]
 
 
