@@ -10,6 +10,7 @@ another status where its API documents one.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -324,6 +325,23 @@ _CLAID_KNOWN: Mapping[int, tuple[str, str]] = {
 }
 
 
+def _claid_details(error: ApiError) -> dict[str, JsonValue]:
+    """Every field's messages when the service sent them all (ErrorInfo metadata
+    `error_details`, JSON: the render service's request validation), else the one field the
+    error names."""
+    raw = error.metadata.get("error_details")
+    if raw:
+        try:
+            decoded = json.loads(raw)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict) and all(
+            isinstance(v, list) and all(isinstance(m, str) for m in v) for v in decoded.values()
+        ):
+            return {str(k): list(v) for k, v in decoded.items()}
+    return {error.field: [error.message]} if error.field else {}
+
+
 def claid_shape(error: ApiError) -> RenderedError:
     """Claid's `{"error_code", "error_type", "error_message", "error_details"}` (nested under
     `detail` on 429, as Claid's rate-limit answers are). `error_details` maps the field an
@@ -334,9 +352,7 @@ def claid_shape(error: ApiError) -> RenderedError:
     code, kind = _CLAID_KNOWN.get(status, (str(status), "general"))
     if error.api_code:
         code = error.api_code
-    details: dict[str, JsonValue] = {}
-    if error.field:
-        details[error.field] = [error.message]
+    details = _claid_details(error)
     body: dict[str, JsonValue] = {
         "error_code": code,
         "error_type": kind,

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
+from gateway.errors import ApiError, claid_shape
 from services.render.imaging import (
     EditNotSupported,
     EditRequestInvalid,
@@ -20,7 +21,7 @@ from services.render.imaging import (
     validate_edit_request,
 )
 from services.runtime.errors import InvalidArgument
-from services.runtime.status import grpc_code_for
+from services.runtime.status import grpc_code_for, to_status
 
 URL = "https://picsum.photos/200.jpg"
 _ABSENT = object()
@@ -1678,3 +1679,32 @@ def test_storage_inputs_and_outputs_are_accepted() -> None:
             "output": {"destination": "storage://my_storage/out/", "format": "png"},
         }
     )
+
+
+class _FakeRpcError(grpc.RpcError):
+    """A stand-in for a failed call: the status a servicer would abort with, no network."""
+
+    def __init__(self, status: grpc.Status) -> None:
+        self._status = status
+
+    def code(self) -> grpc.StatusCode:
+        return self._status.code
+
+    def details(self) -> str:
+        return str(self._status.details)
+
+    def trailing_metadata(self) -> Any:
+        return self._status.trailing_metadata
+
+
+def test_the_gateway_renders_every_field_of_a_refused_request() -> None:
+    with pytest.raises(EditRequestInvalid) as refused:
+        validate_edit_request(
+            {"input": "ftp://x", "operations": {"adjustments": {"exposure": 500}}, "zzz": 1}
+        )
+    call = _FakeRpcError(to_status(refused.value))
+    rendered = claid_shape(ApiError.from_rpc_error(call, "kiln.render.v1.ImageService"))
+    assert rendered.status == 422
+    assert rendered.body["error_code"] == "9000"
+    assert rendered.body["error_details"] == claid_validation_body(refused.value)["error_details"]
+    assert len(rendered.body["error_details"]) == 3
