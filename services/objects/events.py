@@ -58,6 +58,7 @@ from google.protobuf.message import DecodeError
 from kiln.objects.v1 import objects_pb2
 from prometheus_client import Counter, Gauge
 
+from services.runtime.db import postgres_dsn
 from services.runtime.errors import FellBehind
 
 log = logging.getLogger("kiln.objects.events")
@@ -476,11 +477,12 @@ class EventHub:
     async def start(self, database_url: str = "", resolve: Resolver | None = None) -> None:
         """Starts cross-replica delivery when the database is PostgreSQL; in-process only
         otherwise. `resolve` re-reads objects whose events were too large to send."""
-        if not database_url.startswith("postgresql"):
+        dsn = postgres_dsn(database_url) if database_url else None
+        if dsn is None:
             return
         if resolve is None:
             raise ValueError("a resolver is needed for cross-replica delivery")
-        self._relay = PostgresRelay(asyncpg_dsn(database_url), self, resolve)
+        self._relay = PostgresRelay(dsn, self, resolve)
         await self._relay.start()
 
     @property
@@ -500,14 +502,6 @@ class EventHub:
                 if sub.queue.full():  # make room for the marker: the stream ends either way
                     sub.queue.get_nowait()
                 sub.queue.put_nowait(_CLOSED)
-
-
-def asyncpg_dsn(database_url: str) -> str:
-    """asyncpg's DSN for a SQLAlchemy `postgresql+asyncpg://` URL."""
-    from sqlalchemy.engine.url import make_url
-
-    url = make_url(database_url).set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
 
 
 @dataclass
