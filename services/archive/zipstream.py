@@ -1,7 +1,8 @@
 """A ZIP streamed from S3 objects into one S3 multipart upload, in flat memory.
 
 One thread reads each member from S3 and writes it through `zipfile` into a bounded pipe; the
-SDK's multipart upload reads the pipe on another thread. Nothing is ever held whole: memory is
+SDK's multipart upload reads the pipe on another thread. A third sends each next member's GET
+while the current one streams. Nothing is ever held whole: memory is
 the pipe (a few chunks) plus the upload's one part buffer, whatever the archive's size. Because
 the output is not seekable, `zipfile` writes each member's sizes and CRC in a data descriptor
 after its bytes, and ZIP64 records wherever sizes or offsets pass 4 GiB.
@@ -13,12 +14,14 @@ of the CPU. Cancelling (or any error) aborts the multipart upload: no partial ar
 
 from __future__ import annotations
 
+import contextlib
 import io
 import queue
 import threading
 import time
 import zipfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,15 +143,30 @@ def write_zip(
     sink = _Sink(pipe, lambda: "error" in upload)
     done = 0
     reported = 0.0
+    # One GET ahead: the next member's request is sent, and its response headers awaited, on
+    # another thread while this member streams, so S3's time to first byte (about 10 ms a
+    # member here, a third of a 500-member archive's time) overlaps the copy and the deflate.
+    # Only the headers are read ahead; the body waits in the socket, so memory stays flat.
+    fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiln-archive-get")
+    ahead: Future[Any] | None = None
+
+    def fetch(index: int) -> Future[Any] | None:
+        if index >= len(members):
+            return None
+        return fetcher.submit(store.client.get_object, store.bucket, members[index].key)
+
     try:
+        ahead = fetch(0)
         with zipfile.ZipFile(sink, "w", allowZip64=True) as archive:
-            for member in members:
+            for index, member in enumerate(members):
                 info = zipfile.ZipInfo(member.name, date_time=time.localtime()[:6])
                 info.compress_type = zipfile.ZIP_DEFLATED if member.deflate else zipfile.ZIP_STORED
                 info._compresslevel = 1  # type: ignore[attr-defined]  # public only from 3.13
                 info.file_size = member.size
                 info.external_attr = 0o644 << 16
-                response = store.client.get_object(store.bucket, member.key)
+                assert ahead is not None
+                response = ahead.result()
+                ahead = fetch(index + 1)
                 try:
                     with archive.open(
                         info, "w", force_zip64=member.size >= zipfile.ZIP64_LIMIT
@@ -171,12 +189,25 @@ def write_zip(
         _feed(pipe, StorageError(f"archive {key} abandoned: {exc!r}"), uploader)
         uploader.join(30)
         raise
+    finally:
+        _discard(ahead)
+        fetcher.shutdown(wait=False)
     _feed(pipe, END_OF_STREAM, uploader)
     uploader.join()
     if "error" in upload:
         raise StorageError(f"the archive upload failed: {upload['error']!r}") from upload["error"]
     progress(done)
     return ZipResult(key=key, size=sink.written, members=len(members))
+
+
+def _discard(ahead: Future[Any] | None) -> None:
+    """Closes a GET read ahead and never streamed (the archive failed or was cancelled)."""
+    if ahead is None:
+        return
+    with contextlib.suppress(BaseException):
+        response = ahead.result(timeout=60)
+        response.close()
+        response.release_conn()
 
 
 def _feed(pipe: QueueReader, item: Any, uploader: threading.Thread) -> None:
