@@ -37,6 +37,20 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return ordered[index]
 
 
+def rate_figure(
+    case: str, variant: str, rate: float, samples: Sequence[float], unit: str, *, digits: int = 2
+) -> Figure:
+    """A throughput row with the p50 / p99 of its latency samples (seconds)."""
+    return Figure(
+        case=case,
+        variant=variant,
+        value=round(rate, 1),
+        unit=unit,
+        p50_ms=round(percentile(samples, 0.5) * 1000, digits),
+        p99_ms=round(percentile(samples, 0.99) * 1000, digits),
+    )
+
+
 async def measure(
     call: Callable[[], Awaitable[object]], requests: int, concurrency: int, *, warmup: int = 100
 ) -> tuple[float, list[float]]:

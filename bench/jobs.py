@@ -46,7 +46,7 @@ from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
-from bench._report import Figure, percentile, report, with_ratios
+from bench._report import Figure, percentile, rate_figure, report, with_ratios
 from deploy.local.seaweed import SeaweedS3, free_port
 from services.runtime.auth import TokenSigner, generate_keypair, write_worker_token
 from services.runtime.worker import Handler, JobContext
@@ -74,14 +74,7 @@ def handlers() -> Mapping[str, Handler]:
 
 
 def latency_figure(case: str, variant: str, rate: float, samples: list[float]) -> Figure:
-    return Figure(
-        case=case,
-        variant=variant,
-        value=round(rate, 1),
-        unit="jobs/s",
-        p50_ms=round(percentile(samples, 0.5) * 1000, 2),
-        p99_ms=round(percentile(samples, 0.99) * 1000, 2),
-    )
+    return rate_figure(case, variant, rate, samples, "jobs/s")
 
 
 async def submit_all(submit: Submit, count: int) -> float:

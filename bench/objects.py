@@ -33,7 +33,7 @@ from google.protobuf import struct_pb2
 from kiln.objects.v1 import clyman_pb2, clyman_pb2_grpc, objects_pb2, objects_pb2_grpc
 
 from bench._http import Pool
-from bench._report import Figure, measure, percentile, report, with_ratios
+from bench._report import Figure, measure, percentile, rate_figure, report, with_ratios
 from bench.gateway_overhead import suite_env
 
 SEED_OBJECT = {
@@ -62,14 +62,7 @@ def free_udp_port() -> int:
 
 
 def figure(case: str, variant: str, qps: float, latencies: list[float]) -> Figure:
-    return Figure(
-        case=case,
-        variant=variant,
-        value=round(qps, 1),
-        unit="req/s",
-        p50_ms=round(percentile(latencies, 0.5) * 1000, 3),
-        p99_ms=round(percentile(latencies, 0.99) * 1000, 3),
-    )
+    return rate_figure(case, variant, qps, latencies, "req/s", digits=3)
 
 
 async def throughput(env: dict[str, str], token: str, requests: int, c: int) -> list[Figure]:

@@ -325,6 +325,13 @@ _CLAID_KNOWN: Mapping[int, tuple[str, str]] = {
 }
 
 
+#: `error_type` of errors the status alone does not place.
+_CLAID_REASON_TYPES: Mapping[str, str] = {
+    "ERROR_REASON_BAD_IMAGE": "image",
+    "ERROR_REASON_INPUT_UNREACHABLE": "storage",
+}
+
+
 def _claid_details(error: ApiError) -> dict[str, JsonValue]:
     """Every field's messages when the service sent them all (ErrorInfo metadata
     `error_details`, JSON: the render service's request validation), else the one field the
@@ -345,11 +352,19 @@ def _claid_details(error: ApiError) -> dict[str, JsonValue]:
 def claid_shape(error: ApiError) -> RenderedError:
     """Claid's `{"error_code", "error_type", "error_message", "error_details"}` (nested under
     `detail` on 429, as Claid's rate-limit answers are). `error_details` maps the field an
-    error names to its messages. INVALID_ARGUMENT is 422 with code 9000 (validation)."""
+    error names to its messages. INVALID_ARGUMENT is 422 with code 9000 (validation), except a
+    body that is not JSON at all (400, as Claid answers it). An image that cannot be decoded or
+    is over the pixel limits is 422 `image` (code "422"), an input that cannot be fetched 400
+    `storage` (code "400")."""
     status = error.http_status
-    if error.code == grpc.StatusCode.INVALID_ARGUMENT and status == 400:
+    malformed = error.reason == "ERROR_REASON_MALFORMED_BODY"
+    if error.code == grpc.StatusCode.INVALID_ARGUMENT and status == 400 and not malformed:
         status = 422
     code, kind = _CLAID_KNOWN.get(status, (str(status), "general"))
+    if error.reason in _CLAID_REASON_TYPES:
+        code, kind = str(status), _CLAID_REASON_TYPES[error.reason]
+    elif malformed:
+        code, kind = str(status), "validation"
     if error.api_code:
         code = error.api_code
     details = _claid_details(error)

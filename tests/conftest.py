@@ -103,6 +103,8 @@ def base_env(
         "KILN_WORKER_TOKEN_FILE": str(worker_token_file),
         "KILN_LOG_FORMAT": "text",
         "KILN_LOG_LEVEL": "WARNING",
+        # Image-edit tests serve their inputs from loopback HTTP servers.
+        "KILN_FETCH_ALLOWLIST": "127.0.0.1/32",
     }
     for name in SERVICE_NAMES:
         env[f"KILN_{name.upper()}_PORT"] = "0"

@@ -25,6 +25,7 @@ from services.runtime.config import (
     AuthConfig,
     JobsConfig,
     StorageConfig,
+    ImagingConfig,
     WorkerConfig,
 )
 
@@ -37,6 +38,7 @@ SECTIONS: tuple[tuple[str, type[Any]], ...] = (
     ("Access tokens", AuthConfig),
     ("Jobs", JobsConfig),
     ("Job workers", WorkerConfig),
+    ("Image editing (render)", ImagingConfig),
 )
 
 Row = tuple[str, str, str]

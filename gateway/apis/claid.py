@@ -57,8 +57,11 @@ def task_response(
     return json_response(jobs_views.claid_task(job, base, prefix))
 
 
-async def get_task_job(context: RequestContext, task_id: int) -> jobs_pb2.Job:
-    """The caller's image-edit job with this sequence id; 404 for anything else."""
+async def get_task_job(
+    context: RequestContext, task_id: int, *, kind: str = CLAID_KIND
+) -> jobs_pb2.Job:
+    """The caller's job of `kind` (an image edit) with this sequence id; 404 for anything
+    else."""
     if task_id <= 0:
         raise task_not_found(str(task_id))
     try:
@@ -67,7 +70,7 @@ async def get_task_job(context: RequestContext, task_id: int) -> jobs_pb2.Job:
         if exc.code() == grpc.StatusCode.NOT_FOUND:
             raise task_not_found(str(task_id)) from None
         raise
-    if job.kind != CLAID_KIND:
+    if job.kind != kind:
         raise task_not_found(str(task_id))
     return job
 

@@ -1,22 +1,50 @@
-"""Wires the render service. Image editing arrives with #6 and scenes with #7; until then the
-server runs with health, reflection and metrics, and its RPCs answer UNIMPLEMENTED."""
+"""Wires the render service: ImageService and StorageService for requests, the `image.edit` and
+`image.edit_batch` workers, and the sweep of temporary results. Scenes (RenderService) arrive
+with #7; until then its RPCs answer UNIMPLEMENTED."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
+import grpc
+from kiln.jobs.v1 import jobs_pb2_grpc
 from kiln.render.v1 import render_pb2, render_pb2_grpc
 
+from services.render.edit_jobs import edit_handlers
+from services.render.editing import ImageEditor
+from services.render.servicer import ImageServicer
+from services.render.storages import open_storages
+from services.render.storages_servicer import StorageServicer
 from services.runtime.config import ServiceConfig
+from services.runtime.peers import PEER_CHANNEL_OPTIONS
 from services.runtime.server import Registration, servicers
+from services.runtime.storage import BlobStore
+from services.runtime.worker import Worker
 
 
 async def build(config: ServiceConfig) -> Registration:
-    del config
-    return servicers(
+    jobs = grpc.aio.insecure_channel(config.jobs_target, options=PEER_CHANNEL_OPTIONS)
+    blobs = BlobStore(config.storage)
+    await blobs.ensure_bucket()
+    storages = await open_storages(config)
+    editor = ImageEditor(config.imaging, blobs, storages.resolver)
+    worker = Worker.from_config(config, edit_handlers(editor), blobs=blobs)
+    # The worker leases in the background, reconnecting until the jobs service is up.
+    await worker.start()
+    sweeper = asyncio.create_task(editor.sweep_forever(), name="tmp-sweeper")
+    registration = servicers(
         (
             render_pb2,
             "ImageService",
             render_pb2_grpc.add_ImageServiceServicer_to_server,
-            render_pb2_grpc.ImageServiceServicer(),
+            ImageServicer(editor, jobs_pb2_grpc.JobServiceStub(jobs)),
+        ),
+        (
+            render_pb2,
+            "StorageService",
+            render_pb2_grpc.add_StorageServiceServicer_to_server,
+            StorageServicer(storages.store, config.storage),
         ),
         (
             render_pb2,
@@ -25,3 +53,17 @@ async def build(config: ServiceConfig) -> Registration:
             render_pb2_grpc.RenderServiceServicer(),
         ),
     )
+
+    async def close() -> None:
+        # Running edits get the grace period, then are released to another replica.
+        await worker.stop(config.shutdown_grace_seconds)
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await editor.close()
+        await storages.close()
+        await jobs.close()
+        await blobs.close()
+
+    registration.on_stop = [close]
+    return registration

@@ -7,6 +7,9 @@ finds it without asking for its key.
 Every job output sits under its job's prefix, named by the worker: a retried attempt writes the
 same keys again (overwriting, never duplicating), cancelling or purging a job removes the
 prefix, and the jobs service can serve any output knowing only the job id and the name.
+
+Temporary results (an image edit without a destination) sit under `tmp/`, which the render
+service sweeps by age: they are meant to last a day, not a job's retention.
 """
 
 from __future__ import annotations
@@ -34,6 +37,17 @@ def output_key(job_id: str, name: str) -> str:
     """The object key of output `name` of `job_id`; refuses names that could leave the prefix."""
     check_output_name(name)
     return output_prefix(job_id) + name
+
+
+TMP_PREFIX = "tmp/"
+
+
+def tmp_key(tenant: str, scope: str, name: str) -> str:
+    """The key of a temporary result: `scope` groups one request's files (a job id, or a
+    random token for a synchronous call) so a retry overwrites them."""
+    check_output_name(name)
+    check_output_name(scope)
+    return f"{TMP_PREFIX}{tenant}/{scope}/{name}"
 
 
 def check_output_name(name: str) -> None:

@@ -153,6 +153,49 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
+class ImagingConfig:
+    """Limits and fetching rules of image editing (the render service)."""
+
+    max_input_megapixels: float = _env_field(
+        "KILN_IMAGE_MAX_INPUT_MEGAPIXELS", 100.0, "Largest input image, in megapixels."
+    )
+    """Largest input image, in megapixels; a larger one is refused from its header, before any
+    pixel is decoded (Claid's 422, `error_type` "image")."""
+    max_output_megapixels: float = _env_field(
+        "KILN_IMAGE_MAX_OUTPUT_MEGAPIXELS", 100.0, "Largest output image, in megapixels."
+    )
+    """Largest output image, in megapixels (resizing by percent or a canvas can grow an image)."""
+    fetch_allowlist: str = _env_field(
+        "KILN_FETCH_ALLOWLIST",
+        "",
+        "Hosts or CIDR ranges http(s) inputs may reach although private or loopback.",
+    )
+    """Comma-separated host names and CIDR ranges that http(s) inputs and outputs may reach
+    even though they resolve to loopback, private, link-local or otherwise non-public
+    addresses (empty: only public addresses)."""
+    fetch_max_bytes: int = _env_field(
+        "KILN_FETCH_MAX_BYTES", 64 * 1024 * 1024, "Largest input file fetched or uploaded."
+    )
+    """Largest input file, in bytes, fetched from a URL or a storage, or uploaded."""
+    fetch_timeout_seconds: float = _env_field(
+        "KILN_FETCH_TIMEOUT_SECONDS", 30.0, "Time limit of one input fetch."
+    )
+    """Time limit of one fetch (connect, headers and body together), in seconds."""
+    tmp_url_seconds: int = _env_field(
+        "KILN_IMAGE_TMP_URL_SECONDS",
+        24 * 3600,
+        "Lifetime of an edit's temporary output and its tmp_url (default 24 h).",
+    )
+    """How long an output without `destination` is kept in the temporary area, and how long
+    its presigned `tmp_url` stays valid, in seconds (at most 7 days, S3's presign limit)."""
+    threads: int = _env_field(
+        "KILN_IMAGE_THREADS", 2, "Images one render process edits at once."
+    )
+    """Images one render process edits at once (sync calls and jobs together); each edit
+    also uses libvips' own worker threads."""
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """Settings of one gRPC service process."""
 
@@ -186,6 +229,8 @@ class ServiceConfig:
     """The jobs service's retry, lease-expiry and retention settings."""
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     """Settings of the job workers inside render and archive."""
+    imaging: ImagingConfig = field(default_factory=ImagingConfig)
+    """Image editing's limits and fetching rules (render)."""
     objects_subscriber_queue: int = 1024
     """Events queued per live subscriber before it is dropped (KILN_OBJECTS_SUBSCRIBER_QUEUE)."""
     objects_udp_port: int = -1
@@ -428,6 +473,8 @@ def load_service_config(name: str, environ: Mapping[str, str] | None = None) -> 
         worker, token_file=worker.token_file or str(data_dir / "keys" / "worker.token")
     )
     _validate_worker(worker)
+    imaging: ImagingConfig = env.section(ImagingConfig)
+    _validate_imaging(imaging)
     return ServiceConfig(
         name=name,
         host=env.text("KILN_HOST", "127.0.0.1"),
@@ -452,7 +499,19 @@ def load_service_config(name: str, environ: Mapping[str, str] | None = None) -> 
         objects_udp_aes_iv=aes_iv,
         jobs=jobs,
         worker=worker,
+        imaging=imaging,
     )
+
+
+def _validate_imaging(imaging: ImagingConfig) -> None:
+    if imaging.max_input_megapixels <= 0 or imaging.max_output_megapixels <= 0:
+        raise ConfigError("KILN_IMAGE_MAX_INPUT/OUTPUT_MEGAPIXELS must be > 0")
+    if imaging.fetch_max_bytes < 1 or imaging.fetch_timeout_seconds <= 0:
+        raise ConfigError("KILN_FETCH_MAX_BYTES and KILN_FETCH_TIMEOUT_SECONDS must be > 0")
+    if not 1 <= imaging.tmp_url_seconds <= 7 * 24 * 3600:
+        raise ConfigError("KILN_IMAGE_TMP_URL_SECONDS must be between 1 and 604800 (7 days)")
+    if imaging.threads < 1:
+        raise ConfigError("KILN_IMAGE_THREADS must be at least 1")
 
 
 def _validate_jobs(jobs: JobsConfig) -> None:

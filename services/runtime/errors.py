@@ -6,13 +6,16 @@
     │   └── TokenExpired   a once-valid token whose time has passed
     ├── PermissionDenied   valid credentials without the scope the call needs
     ├── NotFound           a resource does not exist for the caller's tenant
+    ├── AlreadyExists      a name that must be unique within the tenant is taken
     ├── InvalidArgument    a request field failed validation
     │   ├── MissingField   a required field is absent
-    │   └── MalformedBody  the body is not the JSON the route expects
+    │   ├── MalformedBody  the body is not the JSON the route expects
+    │   └── ImageInvalid   an image cannot be decoded or is over the pixel limits
     ├── FailedPrecondition the resource is not in a state that allows the call
     │   ├── LockHeld       another device holds the object's lock
     │   ├── LeaseLost      a worker's lease on a job has ended (expired, or the job finished)
-    │   └── JobCanceled    the job a worker reports on was cancelled by its owner
+    │   ├── JobCanceled    the job a worker reports on was cancelled by its owner
+    │   └── InputUnreachable an input URL or storage object could not be fetched
     ├── ResourceExhausted  a limit was reached
     │   ├── TooLarge       a body or upload exceeds a configured limit
     │   └── FellBehind     a subscriber overflowed its queue and was dropped
@@ -96,6 +99,19 @@ class MalformedBody(InvalidArgument):
     reason = "ERROR_REASON_MALFORMED_BODY"
 
 
+class ImageInvalid(InvalidArgument):
+    """An image cannot be decoded, or is larger than the configured pixel limits (Claid answers
+    422 with `error_type` "image")."""
+
+    reason = "ERROR_REASON_BAD_IMAGE"
+
+
+class AlreadyExists(KilnError):
+    """A name that must be unique within the tenant is already taken."""
+
+    reason = "ERROR_REASON_ALREADY_EXISTS"
+
+
 class FailedPrecondition(KilnError):
     """The resource is not in a state that allows the call."""
 
@@ -118,6 +134,14 @@ class JobCanceled(FailedPrecondition):
     partial outputs."""
 
     reason = "ERROR_REASON_JOB_CANCELED"
+
+
+class InputUnreachable(FailedPrecondition):
+    """An input (an http(s) URL or a storage object) could not be fetched: the host refused or
+    timed out, the address is not allowed, the object is missing or larger than the cap
+    (Claid answers 400)."""
+
+    reason = "ERROR_REASON_INPUT_UNREACHABLE"
 
 
 class ResourceExhausted(KilnError):

@@ -297,6 +297,16 @@ class BlobStore:
 
     async def delete_prefix(self, prefix: str) -> int:
         """Removes every object whose key starts with `prefix`; answers how many."""
+        return await self._remove_under(prefix, None)
+
+    async def delete_older_than(self, prefix: str, age_seconds: float) -> int:
+        """Removes the objects under `prefix` last written more than `age_seconds` ago;
+        answers how many (the sweep of temporary results)."""
+        return await self._remove_under(
+            prefix, dt.datetime.now(dt.UTC) - dt.timedelta(seconds=age_seconds)
+        )
+
+    async def _remove_under(self, prefix: str, written_before: dt.datetime | None) -> int:
         if not prefix.endswith("/"):
             # A bare "jobs/1" would also match "jobs/10/…".
             raise ValueError(f"prefix {prefix!r} must end with '/'")
@@ -306,6 +316,10 @@ class BlobStore:
                 obj.object_name
                 for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
                 if obj.object_name
+                and (
+                    written_before is None
+                    or (obj.last_modified is not None and obj.last_modified < written_before)
+                )
             ]
             if not names:
                 return 0
