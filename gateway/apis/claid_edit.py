@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from kiln.jobs.v1 import jobs_pb2
 from kiln.render.v1 import render_pb2
 from starlette.datastructures import UploadFile
@@ -114,6 +114,7 @@ async def _call(
     method: str,
     request: Any,
     reply: type[Any],
+    *,
     deadline: float | None = None,
 ) -> Any:
     target = "render"
@@ -140,7 +141,7 @@ async def edit_image(context: RequestContext) -> Response:
         "EditImage",
         request,
         render_pb2.EditImageResponse,
-        EDIT_DEADLINE_SECONDS,
+        deadline=EDIT_DEADLINE_SECONDS,
     )
     return json_response({"data": jobs_views.struct_dict(reply.data)})
 
@@ -202,7 +203,7 @@ async def upload_edit(context: RequestContext) -> Response:
     except Exception as exc:
         # Starlette's parser refuses malformed bodies and excess parts with a plain exception.
         raise _malformed(f"malformed multipart body: {exc}") from None
-    async with form:
+    try:
         for key in form:
             if key not in ("file", "data"):
                 raise _invalid(f"unknown form field {key!r}; expected file and data", key)
@@ -222,6 +223,8 @@ async def upload_edit(context: RequestContext) -> Response:
             )
         )
         reply = await _stream_upload(context, header, upload)
+    finally:
+        await form.close()
     return json_response({"data": jobs_views.struct_dict(reply.data)})
 
 

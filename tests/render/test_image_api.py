@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import io
 import http.server
+import io
+import json
 import threading
 import urllib.request
 import uuid
@@ -242,7 +243,12 @@ async def test_an_upload_is_edited_like_a_url(rig: Rig) -> None:
         "/v1/image/edit/upload",
         files={"file": ("upload.jpg", photo(400, 300), "image/jpeg")},
         data={
-            "data": '{"operations": {"resizing": {"width": "50%", "height": "50%"}}, "output": {"format": "png"}}'
+            "data": json.dumps(
+                {
+                    "operations": {"resizing": {"width": "50%", "height": "50%"}},
+                    "output": {"format": "png"},
+                }
+            )
         },
     )
     assert response.status_code == 200, response.text

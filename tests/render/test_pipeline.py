@@ -17,8 +17,8 @@ import pyvips
 
 from services.render.imaging import request as contract
 from services.render.imaging.pipeline import (
-    EditLimits,
     EditedImage,
+    EditLimits,
     blur_regions,
     detect,
     edit_image,
@@ -449,7 +449,7 @@ def test_a_truncated_jpeg_is_refused_not_greyed() -> None:
 
 def test_pixel_limits_apply_to_input_and_output() -> None:
     data = encode(gradient())
-    with pytest.raises(ImageInvalid, match="limit is 0.1"):
+    with pytest.raises(ImageInvalid, match=r"limit is 0\.1"):
         edit(data, {}, limits=EditLimits(max_input_megapixels=0.1))
     with pytest.raises(ImageInvalid, match="output"):
         edit(

@@ -11,7 +11,7 @@ Safety, before any pixel is decoded
 * Only JPEG, PNG, WebP, GIF, TIFF, HEIF/AVIF (libvips' loaders) and BMP (OpenCV, after its
   header is read here) are accepted; SVG, PDF and every other loader libvips has are refused,
   so no input can make the service fetch or render anything.
-* The header's width × height is checked against `max_input_megapixels` first: pixel floods and
+* The header's width x height is checked against `max_input_megapixels` first: pixel floods and
   decompression bombs are refused without decoding them. Decoding fails on the first error
   (`fail_on="error"`), so a truncated file is refused instead of answered with grey pixels.
 * The output is checked against `max_output_megapixels` before it is computed.
@@ -54,7 +54,6 @@ copied to the output.
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -602,10 +601,10 @@ def detect(
 
 def blur_regions(image: pyvips.Image, regions: list[tuple[int, int, int, int]]) -> pyvips.Image:
     """Blurs each region beyond reading (pixelated, then smoothed)."""
-    for left, top, width, height in regions:
-        left, top = max(0, left), max(0, top)
-        width = min(width, image.width - left)
-        height = min(height, image.height - top)
+    for x, y, w, h in regions:
+        left, top = max(0, x), max(0, y)
+        width = min(w, image.width - left)
+        height = min(h, image.height - top)
         if width < 2 or height < 2:
             continue
         patch = image.crop(left, top, width, height)

@@ -1,0 +1,257 @@
+"""Fetching inputs from URLs without becoming a proxy into the network Kiln runs in.
+
+An edit's `input` (and a `web_folder` storage) names a URL that Kiln fetches on the caller's
+behalf, which makes every such URL a server-side request the caller controls. So:
+
+- only `http` and `https`;
+- the host is resolved here, and refused when any of its addresses is not globally routable
+  (loopback, private, link-local including cloud metadata at 169.254.169.254, CGNAT, multicast,
+  reserved, unspecified, and IPv4-mapped forms of those), unless the host name or the address
+  is on the allow-list `KILN_FETCH_ALLOWLIST` (host names and CIDR ranges);
+- the connection goes to the address that was checked (the URL carries the IP, the request the
+  real `Host` header and TLS server name), so a second DNS answer cannot swap in another one;
+- redirects are followed by hand, at most five, each hop checked the same way;
+- the body streams against a byte cap (a larger `Content-Length` is refused at once), and the
+  whole fetch has one time limit.
+
+Every refusal is `InputUnreachable` (Claid's 400) with a message that names the URL without its
+query string, which may carry credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urljoin, urlsplit
+
+import httpx
+
+from services.runtime.errors import ConfigError, InputUnreachable
+
+if TYPE_CHECKING:
+    from services.runtime.config import ImagingConfig
+
+MAX_REDIRECTS = 5
+_CHUNK = 64 * 1024
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """A fetched input: its bytes, its content type and the name it is known by."""
+
+    data: bytes
+    content_type: str
+    name: str
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """What may be fetched, how much and for how long."""
+
+    hosts: frozenset[str] = frozenset()
+    networks: tuple[IPNetwork, ...] = ()
+    max_bytes: int = 64 * 1024 * 1024
+    timeout_seconds: float = 30.0
+
+    @classmethod
+    def from_config(cls, config: ImagingConfig) -> FetchPolicy:
+        return cls.parse(
+            config.fetch_allowlist,
+            max_bytes=config.fetch_max_bytes,
+            timeout_seconds=config.fetch_timeout_seconds,
+        )
+
+    @classmethod
+    def parse(cls, allowlist: str, *, max_bytes: int, timeout_seconds: float) -> FetchPolicy:
+        """The policy of a comma-separated allow-list; ConfigError names a bad entry."""
+        hosts: set[str] = set()
+        networks: list[IPNetwork] = []
+        for raw in allowlist.split(","):
+            entry = raw.strip().lower()
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+                continue
+            except ValueError:
+                pass
+            if "/" in entry or not all(part for part in entry.rstrip(".").split(".")):
+                raise ConfigError(
+                    f"KILN_FETCH_ALLOWLIST entry {raw.strip()!r} is neither a host nor a CIDR range"
+                )
+            hosts.add(entry.rstrip("."))
+        return cls(frozenset(hosts), tuple(networks), max_bytes, timeout_seconds)
+
+    def allows(self, host: str, address: IPAddress) -> bool:
+        if host.lower().rstrip(".") in self.hosts:
+            return True
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(
+            address in network for network in self.networks if network.version == address.version
+        )
+
+
+def is_public(address: IPAddress) -> bool:
+    """Whether `address` is globally routable (IPv4-mapped IPv6 judged by its IPv4 part)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return bool(address.is_global) and not address.is_multicast
+
+
+def shown(url: str) -> str:
+    """The URL without query string or credentials, for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _unreachable(url: str, reason: str) -> InputUnreachable:
+    return InputUnreachable(f"input {shown(url)} could not be fetched: {reason}", field="input")
+
+
+async def resolve(url: str, policy: FetchPolicy) -> tuple[str, int, IPAddress]:
+    """The host, port and the checked address to connect to; InputUnreachable if refused."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise _unreachable(url, "the URL is malformed") from None
+    if parts.scheme not in ("http", "https"):
+        raise _unreachable(url, "only http and https URLs can be fetched")
+    host = parts.hostname
+    if not host:
+        raise _unreachable(url, "the URL has no host")
+    port = port or (443 if parts.scheme == "https" else 80)
+    try:
+        literal: IPAddress | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addresses = [literal]
+    else:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )
+        except (OSError, UnicodeError):
+            raise _unreachable(url, f"the host {host} does not resolve") from None
+        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
+        if not addresses:
+            raise _unreachable(url, f"the host {host} does not resolve")
+    for address in addresses:
+        if not is_public(address) and not policy.allows(host, address):
+            raise _unreachable(
+                url,
+                f"{host} resolves to a non-public address ({address}); add it to "
+                "KILN_FETCH_ALLOWLIST to allow it",
+            )
+    return host, port, addresses[0]
+
+
+def _pinned(url: str, address: IPAddress, port: int) -> str:
+    parts = urlsplit(url)
+    ip = f"[{address}]" if address.version == 6 else str(address)
+    path = parts.path or "/"
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme}://{ip}:{port}{path}{query}"
+
+
+def _host_header(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+async def _send(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    policy: FetchPolicy,
+    *,
+    content: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """One request to the checked address of `url`, its response streaming."""
+    host, port, address = await resolve(url, policy)
+    request = client.build_request(
+        method,
+        _pinned(url, address, port),
+        headers={**(headers or {}), "Host": _host_header(url)},
+        content=content,
+        extensions={"sni_hostname": host},
+    )
+    return await client.send(request, stream=True)
+
+
+async def fetch_url(url: str, policy: FetchPolicy) -> FetchedFile:
+    """GETs `url` under `policy`; InputUnreachable for anything that stops it."""
+    try:
+        async with asyncio.timeout(policy.timeout_seconds):
+            return await _fetch(url, policy)
+    except TimeoutError:
+        raise _unreachable(url, f"no answer within {policy.timeout_seconds:g} s") from None
+    except httpx.HTTPError as exc:
+        raise _unreachable(url, type(exc).__name__) from None
+
+
+async def _fetch(url: str, policy: FetchPolicy) -> FetchedFile:
+    async with httpx.AsyncClient(follow_redirects=False, timeout=policy.timeout_seconds) as client:
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await _send(client, "GET", current, policy)
+            try:
+                if response.is_redirect:
+                    location = response.headers.get("location", "")
+                    current = urljoin(current, location)
+                    continue
+                if response.status_code != 200:
+                    raise _unreachable(url, f"the server answered {response.status_code}")
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > policy.max_bytes:
+                    raise _too_large(url, policy)
+                body = bytearray()
+                async for chunk in response.aiter_bytes(_CHUNK):
+                    body += chunk
+                    if len(body) > policy.max_bytes:
+                        raise _too_large(url, policy)
+                name = unquote(urlsplit(current).path.rsplit("/", 1)[-1])
+                content_type = response.headers.get("content-type", "").split(";")[0].strip()
+                return FetchedFile(bytes(body), content_type, name)
+            finally:
+                await response.aclose()
+        raise _unreachable(url, f"more than {MAX_REDIRECTS} redirects")
+
+
+def _too_large(url: str, policy: FetchPolicy) -> InputUnreachable:
+    return _unreachable(url, f"it is larger than {policy.max_bytes} bytes (KILN_FETCH_MAX_BYTES)")
+
+
+async def put_url(url: str, data: bytes, content_type: str, policy: FetchPolicy) -> None:
+    """PUTs an output to a destination URL (a presigned PUT) under the same address rules."""
+    try:
+        async with (
+            asyncio.timeout(policy.timeout_seconds),
+            httpx.AsyncClient(follow_redirects=False, timeout=policy.timeout_seconds) as client,
+        ):
+            response = await _send(
+                client, "PUT", url, policy, content=data, headers={"Content-Type": content_type}
+            )
+            await response.aclose()
+    except TimeoutError:
+        raise _unreachable(url, f"no answer within {policy.timeout_seconds:g} s") from None
+    except httpx.HTTPError as exc:
+        raise _unreachable(url, type(exc).__name__) from None
+    if not 200 <= response.status_code < 300:
+        raise InputUnreachable(
+            f"output {shown(url)} could not be written: the server answered {response.status_code}",
+            field="output.destination",
+        )
