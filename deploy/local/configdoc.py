@@ -23,9 +23,9 @@ from services.runtime.config import (
     PER_SERVICE_VARIABLES,
     SERVICE_PORTS,
     AuthConfig,
+    ImagingConfig,
     JobsConfig,
     StorageConfig,
-    ImagingConfig,
     WorkerConfig,
 )
 

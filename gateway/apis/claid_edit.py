@@ -230,7 +230,7 @@ async def upload_edit(context: RequestContext) -> Response:
 
 async def _stream_upload(
     context: RequestContext, header: render_pb2.EditUploadedImageRequest, upload: UploadFile
-) -> render_pb2.EditImageResponse:
+) -> render_pb2.EditUploadedImageResponse:
     method_path = f"/{IMAGE_SERVICE}/EditUploadedImage"
     upstreams = context.gateway.upstreams
 
@@ -243,9 +243,9 @@ async def _stream_upload(
         method = upstreams.channel("render").stream_unary(
             method_path,
             request_serializer=render_pb2.EditUploadedImageRequest.SerializeToString,
-            response_deserializer=render_pb2.EditImageResponse.FromString,
+            response_deserializer=render_pb2.EditUploadedImageResponse.FromString,
         )
-        reply: render_pb2.EditImageResponse = await method(
+        reply: render_pb2.EditUploadedImageResponse = await method(
             messages(), metadata=context.metadata(), timeout=EDIT_DEADLINE_SECONDS
         )
     return reply
@@ -258,7 +258,7 @@ def batch_view(job: jobs_pb2.Job, base: str) -> dict[str, Any]:
     """`{"data": {id, status, result_url, created_at, request, errors, results}}`: the task view
     with every input's result, and one error per input that failed."""
     view = jobs_views.claid_task(job, base, "/v1")
-    data: dict[str, Any] = dict(view["data"])  # type: ignore[arg-type]
+    data: dict[str, Any] = dict(view["data"])
     data["result_url"] = f"{base}{BATCH_PATH}/{job.seq_id}"
     result = jobs_views.struct_dict(job.result)
     data.pop("result", None)

@@ -98,7 +98,8 @@ def validate_batch_request(body: object) -> BatchPlan:
         bad("output.destination", "a batch writes to a storage folder: storage://{storage}/{path}/")
 
     shared = {key: body[key] for key in ("operations", "output") if key in body}
-    checks = [(f"input[{i}]", uri) for i, uri in enumerate(files)] or [("input", None)]
+    checks: list[tuple[str, str | None]] = [(f"input[{i}]", uri) for i, uri in enumerate(files)]
+    checks = checks or [("input", None)]
     template: dict[str, Any] = {}
     for path, uri in checks:
         try:

@@ -61,7 +61,7 @@ class ImageServicer(render_pb2_grpc.ImageServiceServicer):
         self,
         request_iterator: AsyncIterator[render_pb2.EditUploadedImageRequest],
         context: grpc.aio.ServicerContext,
-    ) -> render_pb2.EditImageResponse:
+    ) -> render_pb2.EditUploadedImageResponse:
         first = await anext(request_iterator, None)
         if first is None or first.WhichOneof("part") != "edit":
             raise MissingField("the first message must carry the edit", field="data")
@@ -81,7 +81,7 @@ class ImageServicer(render_pb2_grpc.ImageServiceServicer):
         answer = await self._editor.edit(
             current_tenant(), edit, scope=_sync_scope(), mode="upload", source=source
         )
-        return render_pb2.EditImageResponse(data=_struct(answer))
+        return render_pb2.EditUploadedImageResponse(data=_struct(answer))
 
     async def SubmitEdit(
         self, request: render_pb2.SubmitEditRequest, context: grpc.aio.ServicerContext

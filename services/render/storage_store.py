@@ -74,10 +74,10 @@ class StorageStore:
                         update_time=now,
                     )
                 )
-                (storage_id,) = result.inserted_primary_key or (None,)
+                storage_id = int(result.inserted_primary_key[0])  # type: ignore[index]
         except IntegrityError:
             raise _taken(name) from None
-        return StorageRecord(int(storage_id), tenant, name, kind, parameters)
+        return StorageRecord(storage_id, tenant, name, kind, parameters)
 
     async def get(self, tenant: str, storage_id: int) -> StorageRecord:
         async with self.engine.connect() as conn:

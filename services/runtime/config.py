@@ -188,9 +188,7 @@ class ImagingConfig:
     )
     """How long an output without `destination` is kept in the temporary area, and how long
     its presigned `tmp_url` stays valid, in seconds (at most 7 days, S3's presign limit)."""
-    threads: int = _env_field(
-        "KILN_IMAGE_THREADS", 2, "Images one render process edits at once."
-    )
+    threads: int = _env_field("KILN_IMAGE_THREADS", 2, "Images one render process edits at once.")
     """Images one render process edits at once (sync calls and jobs together); each edit
     also uses libvips' own worker threads."""
 
@@ -505,7 +503,9 @@ def load_service_config(name: str, environ: Mapping[str, str] | None = None) -> 
 
 def _validate_imaging(imaging: ImagingConfig) -> None:
     if imaging.max_input_megapixels <= 0 or imaging.max_output_megapixels <= 0:
-        raise ConfigError("KILN_IMAGE_MAX_INPUT/OUTPUT_MEGAPIXELS must be > 0")
+        raise ConfigError(
+            "KILN_IMAGE_MAX_INPUT_MEGAPIXELS and KILN_IMAGE_MAX_OUTPUT_MEGAPIXELS must be > 0"
+        )
     if imaging.fetch_max_bytes < 1 or imaging.fetch_timeout_seconds <= 0:
         raise ConfigError("KILN_FETCH_MAX_BYTES and KILN_FETCH_TIMEOUT_SECONDS must be > 0")
     if not 1 <= imaging.tmp_url_seconds <= 7 * 24 * 3600:

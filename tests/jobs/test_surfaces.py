@@ -510,7 +510,7 @@ async def test_claid_unknown_task_is_404(surf: Surfaces, task_id: str) -> None:
 
 
 async def test_claid_unknown_route_is_404_in_its_shape(surf: Surfaces) -> None:
-    for path in ("/v1-beta1/image/edit/async/", "/v1-beta1/image/edit/async/1/x"):
+    for path in ("/v1-beta1/image/edits", "/v1-beta1/image/edit/async/1/x"):
         response = await surf.http.get(path, headers=surf.a.bearer_header)
         assert response.status_code == 404, path
         assert set(response.json()) == {
@@ -519,6 +519,10 @@ async def test_claid_unknown_route_is_404_in_its_shape(surf: Surfaces) -> None:
             "error_message",
             "error_details",
         }
+    # The submit route exists, for POST only: a GET there is 405 in the same shape.
+    wrong = await surf.http.get("/v1-beta1/image/edit/async/", headers=surf.a.bearer_header)
+    assert wrong.status_code == 405
+    assert wrong.json()["error_type"] == "general"
 
 
 async def test_claid_shows_only_image_edit_jobs(surf: Surfaces) -> None:

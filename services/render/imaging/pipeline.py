@@ -575,7 +575,7 @@ DETECT_MAX_SIDE = 1280
 
 
 def _cascade(name: str) -> cv2.CascadeClassifier:
-    classifier = cv2.CascadeClassifier(cv2.data.haarcascades + name)
+    classifier = cv2.CascadeClassifier(cv2.data.haarcascades + name)  # type: ignore[attr-defined]
     if classifier.empty():
         raise RuntimeError(f"OpenCV's cascade {name} is missing from this installation")
     return classifier
