@@ -6,13 +6,15 @@ loopback HTTP server. Each way resizes every photo to 1000 px wide, sharpens it 
 WebP (quality 75), two images in flight at a time, fetching its input over HTTP:
 
 - **raw** (the reference): in this process, two threads: httpx GET →
-  `pyvips.Image.thumbnail_buffer(data, 1000)` → `sharpen(sigma=1, m1=0.5, m2=1.5, x1=2)` →
-  `webpsave_buffer(Q=75)`. The same libvips calls Kiln makes, with nothing around them.
+  `pyvips.Image.thumbnail_buffer(data, 1000)` → an unsharp mask of radius 1 and amount 1.5
+  (`image + 1.5 * (image - gaussblur(1))`) → `webpsave_buffer(Q=75)`. The same libvips calls
+  Kiln makes, with nothing around them.
 - **kiln**: the `make up` layout (launcher, SQLite, SeaweedFS) plus a second render process, each
   with `KILN_IMAGE_THREADS=1` and `KILN_WORKER_CONCURRENCY=1`: two render workers, one edit each.
-  `POST /v1/image/edit/async` with `{"resizing": {"width": 1000}, "adjustments":
-  {"sharpness": 25}}` (sharpness 25 is the sharpen above) and WebP output, polled on
-  `GET /v1/image/edit/async/{id}` every 20 ms until DONE, then the output fetched from its
+  `POST /v1/image/edit/async` with `{"resizing": {"width": 1000, "fit": "bounds"},
+  "adjustments": {"sharpness": 25}}` (Claid's default fit, `crop`, would keep the height and
+  crop; sharpness 25 is the unsharp mask above) and WebP output, polled on
+  `GET /v1/image/edit/async/{id}` every 50 ms until DONE, then the output fetched from its
   `tmp_url` and checked (1000 px wide WebP). Latency is submit → output fetched.
 - **thumbor** 7.8.0 from PyPI, in its own virtualenv (`bench/.venv-thumbor`, created on first
   use), two server processes behind a round-robin client (thumbor's own `--processes` forks
@@ -59,7 +61,10 @@ from deploy.local.seaweed import free_port
 WIDTH, HEIGHT = 4000, 3000
 TARGET_WIDTH = 1000
 IN_FLIGHT = 2
-SHARPNESS = 25  # Kiln's sharpness 25 is sharpen(m2=1.5), the raw and thumbor amount below
+POLL_SECONDS = 0.05
+#: Generated photos are kept here between runs (bench/results/ is not committed).
+PHOTO_CACHE = Path(__file__).parent / "results" / "photos"
+SHARPNESS = 25  # Kiln's sharpness 25 is an unsharp mask of amount 1.5, as raw and thumbor
 THUMBOR_VERSION = "7.8.0"
 THUMBOR_VENV = Path(__file__).parent / ".venv-thumbor"
 KILN_RENDER_ENV = {"KILN_IMAGE_THREADS": "1", "KILN_WORKER_CONCURRENCY": "1"}
@@ -127,7 +132,8 @@ def check_webp(data: bytes) -> None:
 
 def raw_edit(data: bytes) -> bytes:
     image = pyvips.Image.thumbnail_buffer(data, TARGET_WIDTH)
-    image = image.sharpen(sigma=1.0, m1=0.5, m2=1.5, x1=2)
+    image = image + (image - image.gaussblur(1.0, precision="integer")) * 1.5
+    image = image.cast("uchar").copy(interpretation="srgb")
     return bytes(image.webpsave_buffer(Q=75))
 
 
@@ -211,7 +217,7 @@ class Kiln:
                 body = {
                     "input": urls[i],
                     "operations": {
-                        "resizing": {"width": TARGET_WIDTH},
+                        "resizing": {"width": TARGET_WIDTH, "fit": "bounds"},
                         "adjustments": {"sharpness": SHARPNESS},
                     },
                     "output": {"format": "webp"},
@@ -225,7 +231,7 @@ class Kiln:
                         break
                     if data["status"] == "ERROR":
                         raise RuntimeError(f"task {task} failed: {data['errors']}")
-                    await asyncio.sleep(0.02)
+                    await asyncio.sleep(POLL_SECONDS)
                 out = await anonymous.get(data["result"]["output_object"]["tmp_url"])
                 check_webp(out.raise_for_status().content)
                 return time.perf_counter() - started
@@ -334,8 +340,12 @@ async def run(ways: list[str], images: int, rounds: int) -> tuple[list[Figure], 
     try:
         started = time.perf_counter()
         sizes = []
+        PHOTO_CACHE.mkdir(parents=True, exist_ok=True)
         for i in range(images):
-            data = make_photo(i)
+            cached = PHOTO_CACHE / f"photo{i}.jpg"
+            if not cached.exists():
+                cached.write_bytes(make_photo(i))
+            data = cached.read_bytes()
             sizes.append(len(data))
             (workdir / f"photo{i}.jpg").write_bytes(data)
         print(
@@ -425,7 +435,7 @@ def main() -> None:
             "in_flight": IN_FLIGHT,
             "figures": "medians over the rounds (after one warm-up round each)",
             "raw": "pyvips thumbnail_buffer + sharpen + webpsave, 2 threads, this process",
-            "kiln": "POST /v1/image/edit/async, polled every 20 ms, output fetched; 2 render "
+            "kiln": "POST /v1/image/edit/async, polled every 50 ms, output fetched; 2 render "
             "processes with KILN_IMAGE_THREADS=1, KILN_WORKER_CONCURRENCY=1",
             "thumbor": f"thumbor {THUMBOR_VERSION}, 2 servers, HTTP loader, round-robin",
         },

@@ -405,6 +405,35 @@ async def test_storages_carry_inputs_and_outputs(
     )
     assert foreign.status_code == 400, foreign.text
 
+    # A batch over a storage folder lists its images (not the text file) and writes each
+    # output beside the others, named after its input.
+    for key, data in (
+        ("kiln/batch/one.jpg", photo(120, 80)),
+        ("kiln/batch/two.png", photo(80, 120, ".png")),
+        ("kiln/batch/notes.txt", b"not an image"),
+    ):
+        client.put_object(customer_bucket, key, io.BytesIO(data), len(data))
+    batch = await rig.a.post(
+        "/v1/image/edit/batch",
+        {
+            "input": {"source": f"storage://{name}/batch/", "recursive": False},
+            "operations": {"resizing": {"width": 40, "fit": "bounds"}},
+            "output": {"destination": f"storage://{name}/batch-out/", "format": "png"},
+        },
+    )
+    assert batch.status_code == 200, batch.text
+    done = await rig.a.wait(f"/v1/image/edit/batch/{batch.json()['data']['id']}")
+    assert done["status"] == "DONE", done
+    assert sorted(r["output_object"]["object_key"] for r in done["results"]) == [
+        "kiln/batch-out/one.png",
+        "kiln/batch-out/two.png",
+    ]
+    assert done["errors"] == []
+    written = pyvips.Image.new_from_buffer(
+        client.get_object(customer_bucket, "kiln/batch-out/two.png").read(), ""
+    )
+    assert (written.width, written.height) == (40, 60)
+
     deleted = await rig.a.http.delete(
         f"/v1/storage/storages/{storage['id']}", headers=rig.a.headers
     )

@@ -183,7 +183,7 @@ def test_adjustments_shift_colours_as_asked() -> None:
 
 
 def test_sharpness_and_hdr_raise_local_contrast() -> None:
-    soft = gradient().gaussblur(3)
+    soft = object_on_plain().gaussblur(2)
     data = encode(soft.cast("uchar"), ".png")
 
     def detail(result: EditedImage) -> float:

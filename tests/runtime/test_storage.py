@@ -163,3 +163,15 @@ async def test_delete_prefix_removes_only_that_prefix(store: BlobStore) -> None:
     assert await store.delete_prefix(f"{base}/1/") == 0
     with pytest.raises(ValueError):
         await store.delete_prefix(f"{base}/1")
+
+
+async def test_delete_older_than_keeps_what_is_young(store: BlobStore) -> None:
+    base = f"aged-{uuid.uuid4().hex[:8]}"
+    await store.put_bytes(f"{base}/tmp/a", b"x")
+    await store.put_bytes(f"{base}/kept/b", b"x")
+    assert await store.delete_older_than(f"{base}/tmp/", 3600) == 0  # written just now
+    assert await store.stat(f"{base}/tmp/a") is not None
+    # An age in the future's favour: everything under the prefix counts as old.
+    assert await store.delete_older_than(f"{base}/tmp/", -60) == 1
+    assert await store.stat(f"{base}/tmp/a") is None
+    assert await store.stat(f"{base}/kept/b") is not None

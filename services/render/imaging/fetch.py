@@ -21,12 +21,15 @@ query string, which may carry credentials.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urljoin, urlsplit
 
+import certifi
 import httpx
 
 from services.runtime.errors import ConfigError, InputUnreachable
@@ -95,6 +98,16 @@ class FetchPolicy:
         return any(
             address in network for network in self.networks if network.version == address.version
         )
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    # Built once: loading the CA bundle costs tens of milliseconds, more than a small fetch.
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+def _client(timeout: float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(follow_redirects=False, timeout=timeout, verify=_tls())
 
 
 def is_public(address: IPAddress) -> bool:
@@ -204,7 +217,7 @@ async def fetch_url(url: str, policy: FetchPolicy) -> FetchedFile:
 
 
 async def _fetch(url: str, policy: FetchPolicy) -> FetchedFile:
-    async with httpx.AsyncClient(follow_redirects=False, timeout=policy.timeout_seconds) as client:
+    async with _client(policy.timeout_seconds) as client:
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             response = await _send(client, "GET", current, policy)
@@ -240,7 +253,7 @@ async def put_url(url: str, data: bytes, content_type: str, policy: FetchPolicy)
     try:
         async with (
             asyncio.timeout(policy.timeout_seconds),
-            httpx.AsyncClient(follow_redirects=False, timeout=policy.timeout_seconds) as client,
+            _client(policy.timeout_seconds) as client,
         ):
             response = await _send(
                 client, "PUT", url, policy, content=data, headers={"Content-Type": content_type}
