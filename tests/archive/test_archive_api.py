@@ -29,7 +29,7 @@ from services.runtime.blob_keys import output_key
 from services.runtime.config import load_gateway_config
 from services.runtime.storage import BlobStore
 from tests.conftest import Suite, bearer
-from tests.gateway.conftest import REPO, live
+from tests.gateway.conftest import live, suite_gateway_env
 
 JOB_FINAL_STATUS = ("success", "failure", "canceled")
 
@@ -83,12 +83,7 @@ class Rig:
 @pytest.fixture(scope="module")
 async def rig(suite: Suite, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
     data: Path = tmp_path_factory.mktemp("archive-gw")
-    env = {
-        **suite.target_env(),
-        "KILN_GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'gateway.db'}",
-        "KILN_DESCRIPTOR_SET": str(REPO / "gen" / "kiln.binpb"),
-        "KILN_DEMO_CLIENT_ID": "",
-    }
+    env = suite_gateway_env(suite.target_env(), data)
     app = build_app(load_gateway_config(env))
     suffix = uuid.uuid4().hex[:8]
     async with live(app) as http:

@@ -18,7 +18,7 @@ from gateway.apis.registry import ApiModule
 from gateway.app import build_app
 from services.runtime.config import load_gateway_config
 from tests.conftest import Suite
-from tests.gateway.conftest import REPO, live
+from tests.gateway.conftest import live, suite_gateway_env
 
 #: KILN_MAX_BODY_BYTES of the test gateway: small, so the 413 test sends little.
 MAX_BODY_BYTES = 64 * 1024
@@ -40,14 +40,12 @@ async def start_clyman(
     suite: Suite, data: Path, apis: Sequence[ApiModule] | None = None
 ) -> AsyncIterator[Clyman]:
     tenant = f"clyman-{uuid.uuid4().hex[:8]}"
-    env = {
-        **suite.target_env(),
-        "KILN_GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'gateway.db'}",
-        "KILN_DESCRIPTOR_SET": str(REPO / "gen" / "kiln.binpb"),
-        "KILN_DEMO_CLIENT_ID": "",
-        "KILN_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
-        "KILN_CLYMAN_ANONYMOUS_TENANT": tenant,
-    }
+    env = suite_gateway_env(
+        suite.target_env(),
+        data,
+        KILN_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
+        KILN_CLYMAN_ANONYMOUS_TENANT=tenant,
+    )
     config = load_gateway_config(env)
     app = build_app(config) if apis is None else build_app(config, apis=apis)
     async with live(app) as client:

@@ -14,7 +14,7 @@ from gateway.app import build_app
 from services.runtime.config import load_gateway_config
 from tests.clyman.conftest import MAX_BODY_BYTES, Clyman
 from tests.conftest import Suite
-from tests.gateway.conftest import REPO, serving
+from tests.gateway.conftest import serving, suite_gateway_env
 
 UNKNOWN = "0123456789abcdef01234567"
 
@@ -177,12 +177,7 @@ async def test_credentials_sent_are_checked_and_answer_in_the_envelope(
 async def test_without_an_anonymous_tenant_credentials_are_required(
     suite: Suite, tmp_path: Any, token_for: Callable[..., str]
 ) -> None:
-    env = {
-        **suite.target_env(),
-        "KILN_GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
-        "KILN_DESCRIPTOR_SET": str(REPO / "gen" / "kiln.binpb"),
-        "KILN_DEMO_CLIENT_ID": "",
-    }
+    env = suite_gateway_env(suite.target_env(), tmp_path)
     async with serving(build_app(load_gateway_config(env))) as client:
         missing = await client.get(f"/v1/object/{UNKNOWN}")
         events = await client.get("/v1/object/events")

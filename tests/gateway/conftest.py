@@ -259,6 +259,18 @@ class _TestServer(uvicorn.Server):
         yield
 
 
+def suite_gateway_env(targets: dict[str, str], data: Path, **extra: str) -> dict[str, str]:
+    """A gateway's environment over the session's services (`Suite.target_env()`): its own
+    client database in `data`, the generated descriptor set, no demo client; `extra` on top."""
+    return {
+        **targets,
+        "KILN_GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'gateway.db'}",
+        "KILN_DESCRIPTOR_SET": str(REPO / "gen" / "kiln.binpb"),
+        "KILN_DEMO_CLIENT_ID": "",
+        **extra,
+    }
+
+
 @asynccontextmanager
 async def live(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
     """Runs the app on uvicorn on a loopback port, lifespan included; yields a client for it.

@@ -27,7 +27,7 @@ from services.runtime.blob_keys import output_key
 from services.runtime.config import load_gateway_config
 from services.runtime.storage import BlobStore
 from tests.conftest import Suite, bearer, start_service
-from tests.gateway.conftest import REPO, live
+from tests.gateway.conftest import live, suite_gateway_env
 
 #: Keep-alive of the test gateway's Clara event streams (the real one: 4 s).
 HEARTBEAT = 0.5
@@ -206,13 +206,7 @@ async def start_surfaces(
         "jobs", {**suite.env, "KILN_JOBS_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'jobs.db'}"}
     )
     jobs_target = f"127.0.0.1:{private_jobs.port}"
-    env = {
-        **suite.target_env(),
-        "KILN_JOBS_TARGET": jobs_target,
-        "KILN_GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'gateway.db'}",
-        "KILN_DESCRIPTOR_SET": str(REPO / "gen" / "kiln.binpb"),
-        "KILN_DEMO_CLIENT_ID": "",
-    }
+    env = suite_gateway_env(suite.target_env(), data, KILN_JOBS_TARGET=jobs_target)
     apis = tuple(clara.api(HEARTBEAT) if api is clara.API else api for api in DEFAULT_APIS)
     app = build_app(load_gateway_config(env), apis=apis)
     suffix = uuid.uuid4().hex[:8]

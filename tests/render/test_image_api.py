@@ -28,7 +28,7 @@ from minio import Minio
 from gateway.app import build_app
 from services.runtime.config import load_gateway_config
 from tests.conftest import Suite
-from tests.gateway.conftest import REPO, live
+from tests.gateway.conftest import live, suite_gateway_env
 
 FINAL = ("DONE", "ERROR")
 
@@ -116,12 +116,7 @@ class Rig:
 @pytest.fixture(scope="module")
 async def rig(suite: Suite, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
     data: Path = tmp_path_factory.mktemp("claid-gw")
-    env = {
-        **suite.target_env(),
-        "KILN_GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'gateway.db'}",
-        "KILN_DESCRIPTOR_SET": str(REPO / "gen" / "kiln.binpb"),
-        "KILN_DEMO_CLIENT_ID": "",
-    }
+    env = suite_gateway_env(suite.target_env(), data)
     app = build_app(load_gateway_config(env))
     suffix = uuid.uuid4().hex[:8]
     async with live(app) as http, httpx.AsyncClient(timeout=30) as anonymous:
