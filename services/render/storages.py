@@ -18,15 +18,18 @@ control characters.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from minio import Minio
-from minio.error import S3Error
+from minio.error import MinioException, S3Error
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from services.render.imaging.fetch import FetchedFile, FetchPolicy, fetch_url
@@ -83,11 +86,43 @@ def _only(params: Mapping[str, Any], allowed: tuple[str, ...], path: str) -> Non
 
 def _safe_path(path: str, field: str) -> str:
     """A relative object path with no way out of its prefix."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in path) or "\\" in path:
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in path) or "\\" in path:
         raise _bad("the path holds control characters or backslashes", field)
     if path.startswith("/") or ".." in path.split("/"):
         raise _bad("the path must be relative and may not contain '..'", field)
     return path
+
+
+def _valid_bucket(bucket: str) -> bool:
+    """S3's bucket naming rules: 3 to 63 of a-z 0-9 . -, starting and ending with a letter or
+    digit, no '..', '.-' or '-.', not an IP address, not the reserved prefixes and suffixes."""
+    if not _BUCKET.fullmatch(bucket) or any(s in bucket for s in ("..", ".-", "-.")):
+        return False
+    if bucket.startswith(("xn--", "sthree-")) or bucket.endswith(("-s3alias", "--ol-s3")):
+        return False
+    try:
+        ipaddress.IPv4Address(bucket)
+    except ValueError:
+        return True
+    return False
+
+
+def _valid_base_url(base: str) -> bool:
+    if any(c.isspace() or ord(c) < 32 for c in base):
+        return False
+    try:
+        parts = urlsplit(base)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    # A query or fragment would swallow the object path appended after it.
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and not parts.query
+        and not parts.fragment
+        and "@" not in parts.netloc
+    )
 
 
 def validate_storage(
@@ -107,18 +142,22 @@ def validate_storage(
     if kind == "web_folder":
         _only(parameters, ("base_url",), "parameters")
         base = _string(parameters.get("base_url"), "parameters.base_url")
-        if not re.match(r"https?://[^/\s]+", base):
+        if not _valid_base_url(base):
             raise _bad("base_url must be an http(s) URL", "parameters.base_url")
         return name, kind, {"base_url": base if base.endswith("/") else base + "/"}
     _only(parameters, ("bucket", "path", "credentials"), "parameters")
     bucket = _string(parameters.get("bucket"), "parameters.bucket")
-    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+    if not _valid_bucket(bucket):
         raise _bad("bucket is not a valid S3 bucket name", "parameters.bucket")
     if bucket == own_bucket:
         raise _bad("this bucket is Kiln's own and cannot be a storage", "parameters.bucket")
+    # A leading '/' is tolerated (people write "/images"); keys never start with one.
     prefix = _safe_path(
-        _string(parameters.get("path"), "parameters.path", required=False), "parameters.path"
-    ).strip("/")
+        _string(parameters.get("path"), "parameters.path", required=False).lstrip("/"),
+        "parameters.path",
+    ).rstrip("/")
+    if "//" in prefix:
+        raise _bad("the path may not contain empty segments", "parameters.path")
     credentials = parameters.get("credentials")
     if not isinstance(credentials, Mapping):
         raise _bad(
@@ -180,8 +219,11 @@ class StorageResolver:
     async def read(self, tenant: str, uri: str, max_bytes: int) -> FetchedFile:
         record, path = await self._storage(tenant, uri, "input")
         name = path.rsplit("/", 1)[-1]
+        if not name:
+            raise InputUnreachable(f"{uri} names a folder, not a file", field="input")
         if record.type == "web_folder":
-            return await fetch_url(record.parameters["base_url"] + path, self.policy)
+            policy = dataclasses.replace(self.policy, max_bytes=max_bytes)
+            return await fetch_url(record.parameters["base_url"] + path, policy)
         bucket, key = record.parameters["bucket"], record.parameters["path"] + path
         client = self._client(record)
 
@@ -197,11 +239,16 @@ class StorageResolver:
             finally:
                 response.close()
                 response.release_conn()
+            if len(data) > max_bytes:
+                # The object grew between stat and get.
+                raise InputUnreachable(
+                    f"{uri} is larger than {max_bytes} bytes (KILN_FETCH_MAX_BYTES)", field="input"
+                )
             return FetchedFile(bytes(data), str(info.content_type or ""), name)
 
         try:
             return await asyncio.to_thread(get)
-        except (S3Error, Urllib3Error, OSError) as exc:
+        except _S3_ERRORS as exc:
             raise InputUnreachable(
                 f"{uri} could not be read: {_s3_reason(exc)}", field="input"
             ) from None
@@ -212,9 +259,13 @@ class StorageResolver:
         record, path = await self._storage(tenant, uri, "output.destination")
         if record.type == "web_folder":
             raise _bad("a web_folder storage is read-only", "output.destination")
-        key = record.parameters["path"] + (
-            path + file_name if path.endswith("/") or not path else path
-        )
+        if path.endswith("/") or not path:
+            # A folder: the file is named after the input (already sanitized by the caller,
+            # checked again because it becomes part of a key).
+            if not file_name or "/" in file_name:
+                raise _bad(f"{file_name!r} is not a file name", "output.destination")
+            path += _safe_path(file_name, "output.destination")
+        key = record.parameters["path"] + path
         bucket = record.parameters["bucket"]
         client = self._client(record)
         try:
@@ -226,7 +277,7 @@ class StorageResolver:
                 len(data),
                 content_type=content_type,
             )
-        except (S3Error, Urllib3Error, OSError) as exc:
+        except _S3_ERRORS as exc:
             raise InputUnreachable(
                 f"{uri} could not be written: {_s3_reason(exc)}", field="output.destination"
             ) from None
@@ -236,7 +287,9 @@ class StorageResolver:
         record, path = await self._storage(tenant, uri, "input")
         if record.type == "web_folder":
             raise _bad("a web_folder storage cannot be listed; list the files", "input")
-        prefix = record.parameters["path"] + path
+        # A folder: "a" lists "a/…", not also "ab.jpg".
+        folder = path if not path or path.endswith("/") else path + "/"
+        prefix = record.parameters["path"] + folder
         bucket = record.parameters["bucket"]
         client = self._client(record)
         strip = len(record.parameters["path"])
@@ -254,10 +307,15 @@ class StorageResolver:
 
         try:
             return await asyncio.to_thread(listing)
-        except (S3Error, Urllib3Error, OSError) as exc:
+        except _S3_ERRORS as exc:
             raise InputUnreachable(
                 f"{uri} could not be listed: {_s3_reason(exc)}", field="input"
             ) from None
+
+
+#: What the minio client raises when S3 refuses or cannot be reached (ValueError: names it
+#: refuses before sending).
+_S3_ERRORS = (MinioException, Urllib3Error, OSError, ValueError)
 
 
 def _s3_reason(exc: Exception) -> str:

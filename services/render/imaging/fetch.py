@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import re
 import socket
 import ssl
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
+_HOST_NAME = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -83,7 +85,9 @@ class FetchPolicy:
                 continue
             except ValueError:
                 pass
-            if "/" in entry or not all(part for part in entry.rstrip(".").split(".")):
+            # A host name is dot-separated labels of letters, digits, '-' and '_'; anything else
+            # (a URL, a typo'd range, spaces) is a mistake better caught at start than ignored.
+            if not _HOST_NAME.fullmatch(entry.rstrip(".")):
                 raise ConfigError(
                     f"KILN_FETCH_ALLOWLIST entry {raw.strip()!r} is neither a host nor a CIDR range"
                 )
@@ -110,10 +114,22 @@ def _client(timeout: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(follow_redirects=False, timeout=timeout, verify=_tls())
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
 def is_public(address: IPAddress) -> bool:
-    """Whether `address` is globally routable (IPv4-mapped IPv6 judged by its IPv4 part)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Whether `address` is globally routable. IPv6 forms that carry an IPv4 address
+    (IPv4-mapped, 6to4, NAT64) are judged by that address: a gateway would deliver them there."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _NAT64_LOCAL:
+            return False
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif address.sixtofour is not None:
+            address = address.sixtofour
+        elif address in _NAT64:
+            address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return bool(address.is_global) and not address.is_multicast
 
 
@@ -129,8 +145,8 @@ def _unreachable(url: str, reason: str) -> InputUnreachable:
     return InputUnreachable(f"input {shown(url)} could not be fetched: {reason}", field="input")
 
 
-async def resolve(url: str, policy: FetchPolicy) -> tuple[str, int, IPAddress]:
-    """The host, port and the checked address to connect to; InputUnreachable if refused."""
+async def resolve(url: str, policy: FetchPolicy) -> tuple[str, int, list[IPAddress]]:
+    """The host, port and the checked addresses to connect to; InputUnreachable if refused."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -165,7 +181,7 @@ async def resolve(url: str, policy: FetchPolicy) -> tuple[str, int, IPAddress]:
                 f"{host} resolves to a non-public address ({address}); add it to "
                 "KILN_FETCH_ALLOWLIST to allow it",
             )
-    return host, port, addresses[0]
+    return host, port, addresses
 
 
 def _pinned(url: str, address: IPAddress, port: int) -> str:
@@ -193,16 +209,24 @@ async def _send(
     content: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
-    """One request to the checked address of `url`, its response streaming."""
-    host, port, address = await resolve(url, policy)
-    request = client.build_request(
-        method,
-        _pinned(url, address, port),
-        headers={**(headers or {}), "Host": _host_header(url)},
-        content=content,
-        extensions={"sni_hostname": host},
-    )
-    return await client.send(request, stream=True)
+    """One request to a checked address of `url`, its response streaming."""
+    host, port, addresses = await resolve(url, policy)
+    # Every address was checked, so any may be tried: a host answering on IPv4 only must not
+    # fail because its IPv6 address came first. None is looked up again (no DNS rebinding).
+    for index, address in enumerate(addresses):
+        request = client.build_request(
+            method,
+            _pinned(url, address, port),
+            headers={**(headers or {}), "Host": _host_header(url)},
+            content=content,
+            extensions={"sni_hostname": host},
+        )
+        try:
+            return await client.send(request, stream=True)
+        except httpx.ConnectError:
+            if index == len(addresses) - 1:
+                raise
+    raise AssertionError("resolve answers at least one address")
 
 
 async def fetch_url(url: str, policy: FetchPolicy) -> FetchedFile:
@@ -226,7 +250,7 @@ async def _fetch(url: str, policy: FetchPolicy) -> FetchedFile:
                     location = response.headers.get("location", "")
                     current = urljoin(current, location)
                     continue
-                if response.status_code != 200:
+                if not 200 <= response.status_code < 300:
                     raise _unreachable(url, f"the server answered {response.status_code}")
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > policy.max_bytes:
