@@ -13,6 +13,7 @@ BENCHMARKS = [
     "bench.objects",
     "bench.jobs",
     "bench.archive",
+    "bench.images",
 ]
 
 
