@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from minio import Minio
@@ -324,9 +324,10 @@ def _s3_reason(exc: Exception) -> str:
     return type(exc).__name__
 
 
-@dataclass
-class Storages:
-    """The render service's storage table and resolver, opened together."""
+class Storages(NamedTuple):
+    """The render service's storage table and resolver, opened together; a tuple, so
+    `store, resolver = await open_storages(config)` works too. `close()` disposes of the
+    database engine."""
 
     store: StorageStore
     resolver: StorageResolver
@@ -336,7 +337,8 @@ class Storages:
 
 
 async def open_storages(config: ServiceConfig) -> Storages:
-    """Opens the render database (migrating it) and the resolver over it."""
+    """Opens the render database (migrating it with the "render" migrations) and the resolver
+    over it."""
     engine = db.create_engine(config.database_url)
     await db.migrate(engine, "render", Path(__file__).parent / "migrations")
     store = StorageStore(engine)

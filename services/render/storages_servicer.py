@@ -19,6 +19,9 @@ def _message(record: StorageRecord) -> render_pb2.Storage:
 
 
 class StorageServicer(render_pb2_grpc.StorageServiceServicer):
+    """The six storage RPCs over the table, each scoped to the caller's tenant (set by the auth
+    interceptor): another tenant's id is NotFound, a taken name AlreadyExists."""
+
     def __init__(self, store: StorageStore, storage: StorageConfig) -> None:
         self._store = store
         self._own_bucket = storage.bucket
@@ -30,6 +33,8 @@ class StorageServicer(render_pb2_grpc.StorageServiceServicer):
     async def ListStorageTypes(
         self, request: render_pb2.ListStorageTypesRequest, context: grpc.aio.ServicerContext
     ) -> render_pb2.ListStorageTypesResponse:
+        """web_folder and s3. Claid also lists gcs, but Kiln cannot reach Google Cloud Storage
+        from where it runs (no outside network), so it neither lists nor accepts it."""
         return render_pb2.ListStorageTypesResponse(types=STORAGE_TYPES)
 
     async def CreateStorage(

@@ -3,15 +3,22 @@ S3 server (for a presigned PUT). Nothing is mocked: addresses are resolved, conn
 
 from __future__ import annotations
 
+import asyncio
 import http.server
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import cast
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from minio import Minio
 
 from deploy.local.seaweed import SeaweedS3
@@ -54,6 +61,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(BODY)
         elif path == "/host":
             seen = self.headers.get("Host", "").encode()
+            if self.headers.get("Accept-Encoding") != "identity":
+                seen = b"asked for a transfer coding"
             self.send_response(200)
             self.send_header("Content-Length", str(len(seen)))
             self.end_headers()
@@ -179,6 +188,9 @@ async def test_the_real_host_header_is_sent(server: http.server.ThreadingHTTPSer
         "http://[64:ff9b:1::1]/a.png",  # NAT64 for local use
         "http://[fd00::1]/a.png",
         "http://[::]/a.png",
+        "http://[::7f00:1]/a.png",  # IPv4-compatible 127.0.0.1, which is_global calls global
+        "http://[::ffff:0:7f00:1]/a.png",  # IPv4-translated
+        "http://[fec0::1]/a.png",  # site-local
         "http://2130706433/a.png",
         "http://127.1/a.png",
     ],
@@ -257,8 +269,61 @@ async def test_an_error_status_is_unreachable(server: http.server.ThreadingHTTPS
 
 
 async def test_a_closed_port_is_unreachable() -> None:
-    with pytest.raises(InputUnreachable):
+    with pytest.raises(InputUnreachable, match="the connection failed"):
         await fetch_url("http://127.0.0.1:1/a.png", _policy("127.0.0.1"))
+
+
+# --- TLS ---------------------------------------------------------------------------------------
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_tls_names_the_real_host_and_checks_its_certificate(tmp_path: Path) -> None:
+    # The connection goes to the pinned IP, yet the server must be asked for "localhost" (SNI),
+    # and a certificate no trusted CA signed must still be refused.
+    cert_file, key_file = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    asked: list[str | None] = []
+    context.sni_callback = lambda _sock, server_name, _ctx: asked.append(server_name)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(InputUnreachable, match="TLS certificate is not valid") as raised:
+            await fetch_url(f"https://localhost:{port}/a.png", _policy("localhost"))
+        assert raised.value.field == "input"
+    finally:
+        server.close()
+    assert asked == ["localhost"]
 
 
 # --- PUT ---------------------------------------------------------------------------------------
@@ -274,6 +339,8 @@ async def test_put_to_a_presigned_url(s3: SeaweedS3) -> None:
     with pytest.raises(InputUnreachable, match="KILN_FETCH_ALLOWLIST") as raised:
         await put_url(url, BODY, "image/png", _policy())
     assert "X-Amz-Signature" not in str(raised.value)
+    assert str(raised.value).startswith("output ")
+    assert raised.value.field == "output.destination"
 
     # ...and written once allow-listed, through the signed Host header.
     await put_url(url, BODY, "image/png", _policy(s3.endpoint.rsplit(":", 1)[0]))

@@ -1,23 +1,28 @@
 """Named storages against real components: the migrated SQLite table, the StorageService
-servicer (called directly, the caller set as the auth interceptor would), and the resolver
-reading, writing and listing buckets of the session's SeaweedFS server. The table runs on
-SQLite and, where it answers, PostgreSQL."""
+servicer (called directly, the caller set as the auth interceptor would, and over real gRPC
+behind the auth interceptor), and the resolver reading, writing and listing buckets of the
+session's SeaweedFS server. The table runs on SQLite and, where it answers, PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import http.server
 import io
+import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import pytest
 from google.protobuf import json_format
-from kiln.render.v1 import render_pb2
+from kiln.render.v1 import render_pb2, render_pb2_grpc
 from minio import Minio
 
 from deploy.local.seaweed import SeaweedS3
+from services.render import storages as storages_module
 from services.render.imaging.fetch import FetchPolicy
 from services.render.storage_store import StorageStore
 from services.render.storages import (
@@ -33,6 +38,9 @@ from services.runtime.auth import Principal
 from services.runtime.config import ServiceConfig, StorageConfig, load_service_config
 from services.runtime.context import principal_var
 from services.runtime.errors import AlreadyExists, InputUnreachable, InvalidArgument, NotFound
+from services.runtime.server import running, servicers
+from services.runtime.status import error_info
+from tests.conftest import bearer
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "render" / "migrations"
 OWN_BUCKET = "kiln-own"
@@ -353,8 +361,98 @@ async def test_open_storages_migrates_the_database(tmp_path: Path, s3: SeaweedS3
         record = await storages.store.create("t", "n", "web_folder", {"base_url": "https://e.com/"})
         assert (await storages.store.list("t"))[0] == record
         assert storages.resolver.config.endpoint == s3.endpoint
+        # Also a (store, resolver) pair.
+        store, resolver = storages
+        assert (store, resolver) == (storages.store, storages.resolver)
     finally:
         await storages.close()
+    # Opening again finds the table migrated and the row kept.
+    again = await open_storages(config)
+    try:
+        assert [r.name for r in await again.store.list("t")] == ["n"]
+    finally:
+        await again.close()
+
+
+# --- the servicer over real gRPC ---------------------------------------------------------------
+
+
+async def test_the_service_over_grpc(
+    store: StorageStore,
+    tmp_path: Path,
+    jwt_keys: tuple[Path, Path],
+    token_for: Callable[..., str],
+) -> None:
+    config = load_service_config(
+        "render",
+        {
+            "KILN_DATA_DIR": str(tmp_path),
+            "KILN_RENDER_PORT": "0",
+            "KILN_RENDER_METRICS_PORT": "-1",
+            "KILN_JWT_PUBLIC_KEY_FILES": str(jwt_keys[1]),
+        },
+    )
+    registration = servicers(
+        (
+            render_pb2,
+            "StorageService",
+            render_pb2_grpc.add_StorageServiceServicer_to_server,
+            StorageServicer(store, StorageConfig(bucket=OWN_BUCKET)),
+        )
+    )
+    as_a, as_b = bearer(token_for("grpc-a")), bearer(token_for("grpc-b"))
+    async with (
+        running(config, registration) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = render_pb2_grpc.StorageServiceStub(channel)
+        created = (
+            await stub.CreateStorage(
+                render_pb2.CreateStorageRequest(
+                    storage=_storage("photos", "s3", _s3_params("b-1"))
+                ),
+                metadata=as_a,
+            )
+        ).storage
+        assert "very-secret" not in str(created)
+        assert json_format.MessageToDict(created.parameters)["credentials"] == {
+            "access_key": "AKIA"
+        }
+        listed = await stub.ListStorages(render_pb2.ListStoragesRequest(), metadata=as_a)
+        assert [s.name for s in listed.storages] == ["photos"]
+        assert not (
+            await stub.ListStorages(render_pb2.ListStoragesRequest(), metadata=as_b)
+        ).storages
+
+        async def refused(call: Awaitable[object], code: grpc.StatusCode) -> dict[str, str]:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call
+            assert raised.value.code() == code, raised.value.details()
+            info = error_info(raised.value)
+            return dict(info.metadata) if info is not None else {}
+
+        taken = render_pb2.CreateStorageRequest(storage=_storage("photos", "s3", _s3_params("b-2")))
+        await refused(stub.CreateStorage(taken, metadata=as_a), grpc.StatusCode.ALREADY_EXISTS)
+        # The same name is free in another tenant.
+        await stub.CreateStorage(taken, metadata=as_b)
+        missing = render_pb2.GetStorageRequest(id=created.id)
+        await refused(stub.GetStorage(missing, metadata=as_b), grpc.StatusCode.NOT_FOUND)
+        await refused(
+            stub.DeleteStorage(render_pb2.DeleteStorageRequest(id=created.id), metadata=as_b),
+            grpc.StatusCode.NOT_FOUND,
+        )
+        bad = render_pb2.CreateStorageRequest(storage=_storage("own", "s3", _s3_params(OWN_BUCKET)))
+        metadata = await refused(
+            stub.CreateStorage(bad, metadata=as_a), grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert metadata["field"] == "parameters.bucket"
+        await refused(
+            stub.ListStorages(render_pb2.ListStoragesRequest()), grpc.StatusCode.UNAUTHENTICATED
+        )
+        types = await stub.ListStorageTypes(render_pb2.ListStorageTypesRequest(), metadata=as_a)
+        assert list(types.types) == ["web_folder", "s3"]
+        await stub.DeleteStorage(render_pb2.DeleteStorageRequest(id=created.id), metadata=as_a)
+        await refused(stub.GetStorage(missing, metadata=as_a), grpc.StatusCode.NOT_FOUND)
 
 
 # --- the resolver against S3 -------------------------------------------------------------------
@@ -480,3 +578,65 @@ async def test_misses_and_refusals(
         await resolver.read("a", "storage://web/cat.jpg", 1 << 20)
     with pytest.raises(InvalidArgument, match="read-only"):
         await resolver.write("a", "storage://web/out/", "x.png", b"x", "image/png")
+
+
+# --- web folders and the listing cap -----------------------------------------------------------
+
+
+@pytest.fixture
+def web_folder(tmp_path: Path) -> Iterator[str]:
+    """A loopback web server over a folder of files; yields its base URL."""
+    root = tmp_path / "web"
+    (root / "img").mkdir(parents=True)
+    (root / "img" / "cat.jpg").write_bytes(b"a cat")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined, method-assign]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/img"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+async def test_a_web_folder_is_read_under_the_fetch_policy(
+    store: StorageStore, s3: SeaweedS3, web_folder: str
+) -> None:
+    _, kind, params = validate_storage("web", "web_folder", {"base_url": web_folder}, OWN_BUCKET)
+    await store.create("a", "web", kind, params)
+    allowing = StorageResolver(
+        store,
+        StorageConfig(endpoint=s3.endpoint, bucket=OWN_BUCKET),
+        FetchPolicy.parse("127.0.0.1", max_bytes=1 << 20, timeout_seconds=5),
+    )
+    read = await allowing.read("a", "storage://web/cat.jpg", 1 << 20)
+    assert (read.data, read.name) == (b"a cat", "cat.jpg")
+    # The caller's cap wins over the policy's.
+    with pytest.raises(InputUnreachable, match="KILN_FETCH_MAX_BYTES"):
+        await allowing.read("a", "storage://web/cat.jpg", 3)
+    with pytest.raises(InputUnreachable, match="404"):
+        await allowing.read("a", "storage://web/dog.jpg", 1 << 20)
+    with pytest.raises(InvalidArgument, match="cannot be listed"):
+        await allowing.list_folder("a", "storage://web/", True)
+
+
+async def test_a_listing_stops_at_its_cap(
+    store: StorageStore,
+    resolver: StorageResolver,
+    s3: SeaweedS3,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prefix = f"cap-{uuid.uuid4().hex[:8]}"
+    params = validate_storage("capped", "s3", _s3_params(bucket, s3, prefix), OWN_BUCKET)[2]
+    await store.create("a", "capped", "s3", params)
+    for index in range(5):
+        _put(s3, bucket, f"{prefix}/{index}.jpg", b"x", "image/jpeg")
+    monkeypatch.setattr(storages_module, "MAX_LISTED", 3)
+    assert await resolver.list_folder("a", "storage://capped/", False) == [
+        "storage://capped/0.jpg",
+        "storage://capped/1.jpg",
+        "storage://capped/2.jpg",
+    ]

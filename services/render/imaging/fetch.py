@@ -130,7 +130,11 @@ def is_public(address: IPAddress) -> bool:
             address = address.sixtofour
         elif address in _NAT64:
             address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return bool(address.is_global) and not address.is_multicast
+        elif address.is_reserved or address.is_site_local:
+            # `is_global` (as of 3.11) calls IPv4-compatible (::7f00:1), IPv4-translated
+            # (::ffff:0:a.b.c.d) and site-local (fec0::/10) addresses global; none is.
+            return False
+    return bool(address.is_global) and not address.is_multicast and not address.is_reserved
 
 
 def shown(url: str) -> str:
@@ -141,22 +145,42 @@ def shown(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def _unreachable(url: str, reason: str) -> InputUnreachable:
+def _unreachable(url: str, reason: str, *, output: bool = False) -> InputUnreachable:
+    if output:
+        return InputUnreachable(
+            f"output {shown(url)} could not be written: {reason}", field="output.destination"
+        )
     return InputUnreachable(f"input {shown(url)} could not be fetched: {reason}", field="input")
 
 
-async def resolve(url: str, policy: FetchPolicy) -> tuple[str, int, list[IPAddress]]:
-    """The host, port and the checked addresses to connect to; InputUnreachable if refused."""
+def _transport_reason(exc: httpx.HTTPError) -> str:
+    """What went wrong on the wire, in words; httpx's own text may hold the pinned IP URL."""
+    if isinstance(exc, httpx.TimeoutException):
+        return "the server did not answer in time"
+    if isinstance(exc, httpx.ConnectError):
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return "its TLS certificate is not valid for the host"
+        return "the connection failed"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the server broke off or answered malformed HTTP"
+    return f"the transfer failed ({type(exc).__name__})"
+
+
+async def resolve(
+    url: str, policy: FetchPolicy, *, output: bool = False
+) -> tuple[str, int, list[IPAddress]]:
+    """The host, port and the checked addresses to connect to; InputUnreachable if refused
+    (worded for an output destination when `output`)."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise _unreachable(url, "the URL is malformed") from None
+        raise _unreachable(url, "the URL is malformed", output=output) from None
     if parts.scheme not in ("http", "https"):
-        raise _unreachable(url, "only http and https URLs can be fetched")
+        raise _unreachable(url, "only http and https URLs can be fetched", output=output)
     host = parts.hostname
     if not host:
-        raise _unreachable(url, "the URL has no host")
+        raise _unreachable(url, "the URL has no host", output=output)
     port = port or (443 if parts.scheme == "https" else 80)
     try:
         literal: IPAddress | None = ipaddress.ip_address(host)
@@ -170,16 +194,17 @@ async def resolve(url: str, policy: FetchPolicy) -> tuple[str, int, list[IPAddre
                 host, port, type=socket.SOCK_STREAM
             )
         except (OSError, UnicodeError):
-            raise _unreachable(url, f"the host {host} does not resolve") from None
+            raise _unreachable(url, f"the host {host} does not resolve", output=output) from None
         addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
         if not addresses:
-            raise _unreachable(url, f"the host {host} does not resolve")
+            raise _unreachable(url, f"the host {host} does not resolve", output=output)
     for address in addresses:
         if not is_public(address) and not policy.allows(host, address):
             raise _unreachable(
                 url,
                 f"{host} resolves to a non-public address ({address}); add it to "
                 "KILN_FETCH_ALLOWLIST to allow it",
+                output=output,
             )
     return host, port, addresses
 
@@ -208,9 +233,10 @@ async def _send(
     *,
     content: bytes | None = None,
     headers: dict[str, str] | None = None,
+    output: bool = False,
 ) -> httpx.Response:
     """One request to a checked address of `url`, its response streaming."""
-    host, port, addresses = await resolve(url, policy)
+    host, port, addresses = await resolve(url, policy, output=output)
     # Every address was checked, so any may be tried: a host answering on IPv4 only must not
     # fail because its IPv6 address came first. None is looked up again (no DNS rebinding).
     for index, address in enumerate(addresses):
@@ -237,14 +263,18 @@ async def fetch_url(url: str, policy: FetchPolicy) -> FetchedFile:
     except TimeoutError:
         raise _unreachable(url, f"no answer within {policy.timeout_seconds:g} s") from None
     except httpx.HTTPError as exc:
-        raise _unreachable(url, type(exc).__name__) from None
+        raise _unreachable(url, _transport_reason(exc)) from None
 
 
 async def _fetch(url: str, policy: FetchPolicy) -> FetchedFile:
     async with _client(policy.timeout_seconds) as client:
         current = url
         for _ in range(MAX_REDIRECTS + 1):
-            response = await _send(client, "GET", current, policy)
+            # Images are compressed already; asking for no transfer coding keeps the byte cap
+            # about what crosses the wire (a decoded gzip chunk can be a thousand times larger).
+            response = await _send(
+                client, "GET", current, policy, headers={"Accept-Encoding": "identity"}
+            )
             try:
                 if response.is_redirect:
                     location = response.headers.get("location", "")
@@ -280,15 +310,20 @@ async def put_url(url: str, data: bytes, content_type: str, policy: FetchPolicy)
             _client(policy.timeout_seconds) as client,
         ):
             response = await _send(
-                client, "PUT", url, policy, content=data, headers={"Content-Type": content_type}
+                client,
+                "PUT",
+                url,
+                policy,
+                content=data,
+                headers={"Content-Type": content_type},
+                output=True,
             )
             await response.aclose()
     except TimeoutError:
-        raise _unreachable(url, f"no answer within {policy.timeout_seconds:g} s") from None
+        raise _unreachable(
+            url, f"no answer within {policy.timeout_seconds:g} s", output=True
+        ) from None
     except httpx.HTTPError as exc:
-        raise _unreachable(url, type(exc).__name__) from None
+        raise _unreachable(url, _transport_reason(exc), output=True) from None
     if not 200 <= response.status_code < 300:
-        raise InputUnreachable(
-            f"output {shown(url)} could not be written: the server answered {response.status_code}",
-            field="output.destination",
-        )
+        raise _unreachable(url, f"the server answered {response.status_code}", output=True)
