@@ -13,10 +13,11 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
 
 import grpc
+from google.protobuf.message import Message
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
@@ -27,6 +28,8 @@ from gateway.errors import ApiError
 from gateway.identity import Caller
 from gateway.upstream import service_key
 from services.runtime.context import principal_var
+
+M = TypeVar("M", bound=Message)
 
 if TYPE_CHECKING:
     from gateway.core import Gateway
@@ -104,6 +107,26 @@ class RequestContext:
         if self.caller is not None:
             pairs.append(("authorization", f"Bearer {self.caller.token}"))
         return tuple(pairs)
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        request: Message,
+        reply: type[M],
+        *,
+        deadline: float | None = None,
+    ) -> M:
+        """One unary call to a Kiln service (`jobs`, `render`; `method` its full path) with
+        the caller's metadata; `deadline` defaults to the gateway's call timeout."""
+        raw = await self.gateway.upstreams.unary(
+            service,
+            method,
+            request.SerializeToString(),
+            metadata=self.metadata(),
+            deadline=deadline if deadline is not None else self.gateway.call_timeout,
+        )
+        return reply.FromString(raw)
 
     async def read_body(self, limit: int | None = None) -> bytes:
         """The whole body, refused with 413 past `limit` (default: max_body_bytes)."""

@@ -250,14 +250,7 @@ class _Transcoder:
             parse_into(self._url_fields(context), message, rpc.pool)
         except (json_format.ParseError, TypeError, ValueError) as exc:
             raise bad_request(f"invalid path or query parameter: {exc}") from None
-        raw = await context.gateway.upstreams.unary(
-            rpc.service,
-            rpc.path,
-            message.SerializeToString(),
-            metadata=context.metadata(),
-            deadline=context.gateway.call_timeout,
-        )
-        reply = rpc.output_type.FromString(raw)
+        reply = await context.call(rpc.service, rpc.path, message, rpc.output_type)
         return json_response(self._render(reply))
 
     async def _merge_body(self, context: RequestContext, message: Message) -> None:

@@ -117,15 +117,7 @@ async def _call(
     *,
     deadline: float | None = None,
 ) -> Any:
-    target = "render"
-    raw = await context.gateway.upstreams.unary(
-        target,
-        f"/{service}/{method}",
-        request.SerializeToString(),
-        metadata=context.metadata(),
-        deadline=deadline or context.gateway.call_timeout,
-    )
-    return reply.FromString(raw)
+    return await context.call("render", f"/{service}/{method}", request, reply, deadline=deadline)
 
 
 # --- edits ----------------------------------------------------------------------------------

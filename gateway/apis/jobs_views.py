@@ -280,14 +280,7 @@ def check_job_id(job_id: str) -> str:
 
 
 async def _unary(context: RequestContext, method: str, request: Any, reply: type[Any]) -> Any:
-    raw = await context.gateway.upstreams.unary(
-        "jobs",
-        method,
-        request.SerializeToString(),
-        metadata=context.metadata(),
-        deadline=context.gateway.call_timeout,
-    )
-    return reply.FromString(raw)
+    return await context.call("jobs", method, request, reply)
 
 
 async def get_job(context: RequestContext, *, job_id: str = "", seq_id: int = 0) -> jobs_pb2.Job:

@@ -100,14 +100,8 @@ async def _archive_request(
 async def _create(
     context: RequestContext, request: archive_pb2.CreateArchiveRequest
 ) -> jobs_pb2.Job:
-    raw = await context.gateway.upstreams.unary(
-        "archive",
-        _CREATE,
-        request.SerializeToString(),
-        metadata=context.metadata(),
-        deadline=context.gateway.call_timeout,
-    )
-    job: jobs_pb2.Job = archive_pb2.CreateArchiveResponse.FromString(raw).job
+    reply = await context.call("archive", _CREATE, request, archive_pb2.CreateArchiveResponse)
+    job: jobs_pb2.Job = reply.job
     return job
 
 
