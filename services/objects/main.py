@@ -1,4 +1,4 @@
-"""Wires the objects service: database, bucket, servicers."""
+"""Wires the objects service: database, bucket, servicers (assets, objects, CLyman, scenes)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from kiln.objects.v1 import (
     clyman_pb2,
     clyman_pb2_grpc,
     objects_pb2,
+    scenes_pb2,
+    scenes_pb2_grpc,
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -18,6 +20,9 @@ from services.objects.clyman import ClymanServicer
 from services.objects.events import EventHub
 from services.objects.object_store import ObjectStore
 from services.objects.objects import ObjectCatalog
+from services.objects.scene_servicer import SceneServicer
+from services.objects.scene_store import SceneStore
+from services.objects.scenes import SceneCatalog
 from services.objects.servicer import AssetServicer, ObjectServicer, add_object_service
 from services.objects.store import AssetStore
 from services.objects.udp import EventCipher, UdpIngress
@@ -40,6 +45,7 @@ async def build(config: ServiceConfig) -> Registration:
     objects = ObjectCatalog(ObjectStore(sessions), events)
     # PostgreSQL: LISTEN/NOTIFY to the other replicas; SQLite: this process only.
     await events.start(config.database_url, objects.resolve_event)
+    scenes = SceneCatalog(SceneStore(sessions), objects, blobs)
     udp = await start_udp(config, objects, events, sessions)
     registration = servicers(
         (
@@ -59,6 +65,12 @@ async def build(config: ServiceConfig) -> Registration:
             "ClymanService",
             clyman_pb2_grpc.add_ClymanServiceServicer_to_server,
             ClymanServicer(objects),
+        ),
+        (
+            scenes_pb2,
+            "SceneService",
+            scenes_pb2_grpc.add_SceneServiceServicer_to_server,
+            SceneServicer(scenes),
         ),
     )
 

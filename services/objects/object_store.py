@@ -197,6 +197,10 @@ def _object(row: Any) -> ObjectRecord:
     return ObjectRecord(**values)
 
 
+#: The record of a row (an ORM row or a result row with the table's columns).
+object_from_row = _object
+
+
 def _property(row: Any) -> PropertyRecord:
     values = {name: getattr(row, name) for name in _PROPERTY_COLUMNS}
     for name in ("created_at", "updated_at"):
@@ -209,6 +213,10 @@ def _object_values(record: ObjectRecord) -> dict[str, Any]:
     values = {name: getattr(record, name) for name in _OBJECT_COLUMNS if name != "assets_text"}
     values["assets_text"] = assets_text(record.assets)
     return values
+
+
+#: The column values of a record, for an INSERT.
+object_values = _object_values
 
 
 # The hot statements are built once with bind parameters: building a SQLAlchemy statement

@@ -179,6 +179,20 @@ class ObjectCatalog:
     async def _publish(self, tenant: str, kind: EventKind, record: ObjectRecord) -> None:
         await self._events.publish(tenant, object_event(kind, record))
 
+    async def announce_created(self, tenant: str, records: Sequence[ObjectRecord]) -> None:
+        """Publishes the creation of objects another catalog stored (a scene import)."""
+        CHANGES.labels("create").inc(len(records))
+        for record in records:
+            await self._publish(tenant, EventType.OBJECT_EVENT_TYPE_CREATED, record)
+
+    async def announce_deleted(self, tenant: str, records: Sequence[ObjectRecord]) -> None:
+        """Publishes the deletion of objects another catalog removed (a scene delete)."""
+        CHANGES.labels("delete").inc(len(records))
+        now = self._clock()
+        for record in records:
+            gone = replace(record, version=record.version + 1, updated_at=now)
+            await self._publish(tenant, EventType.OBJECT_EVENT_TYPE_DELETED, gone)
+
     # --- objects ---------------------------------------------------------------------------
 
     async def create(self, tenant: str, drafts: Sequence[ObjectRecord]) -> list[ObjectRecord]:

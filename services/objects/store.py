@@ -84,6 +84,27 @@ def _record(row: AssetRow) -> AssetRecord:
     )
 
 
+#: The record of an asset row.
+record_of = _record
+
+
+def asset_values(record: AssetRecord) -> dict[str, Any]:
+    """The column values of a record, for an INSERT."""
+    return {
+        "id": record.id,
+        "tenant": record.tenant,
+        "file_name": record.file_name,
+        "mime_type": record.mime_type,
+        "kind": record.kind,
+        "size": record.size,
+        "sha256": record.sha256,
+        "meta": record.metadata,
+        "blob_key": record.blob_key,
+        "request_id": record.request_id,
+        "created_at": record.created_at,
+    }
+
+
 class AssetStore:
     """Asset rows in the objects service's database."""
 
@@ -92,19 +113,7 @@ class AssetStore:
 
     async def insert(self, record: AssetRecord) -> AssetRecord:
         """Stores a new record; a concurrent upload with the same request id wins instead."""
-        row = AssetRow(
-            id=record.id,
-            tenant=record.tenant,
-            file_name=record.file_name,
-            mime_type=record.mime_type,
-            kind=record.kind,
-            size=record.size,
-            sha256=record.sha256,
-            meta=record.metadata,
-            blob_key=record.blob_key,
-            request_id=record.request_id,
-            created_at=record.created_at,
-        )
+        row = AssetRow(**asset_values(record))
         try:
             async with self._sessions.begin() as session:
                 session.add(row)
