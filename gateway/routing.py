@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
+from starlette.types import Message as AsgiMessage
 from starlette.types import Receive, Scope, Send
 
 from gateway._template import PathTemplate, parse_template
@@ -153,6 +154,26 @@ def body_too_large(limit: int) -> ApiError:
         metadata={"limit": str(limit)},
         http_status=413,
     )
+
+
+async def limited_request(request: Request, limit: int) -> Request:
+    """The request with a body that answers 413 past `limit`, however it is framed."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise body_too_large(limit)
+    received = 0
+    upstream = request.receive
+
+    async def receive() -> AsgiMessage:
+        nonlocal received
+        message = await upstream()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise body_too_large(limit)
+        return message
+
+    return Request(request.scope, receive)
 
 
 def route_path(scope: Scope) -> str:

@@ -25,6 +25,7 @@ from services.runtime.config import (
     AuthConfig,
     ImagingConfig,
     JobsConfig,
+    ScenesConfig,
     StorageConfig,
     WorkerConfig,
 )
@@ -39,6 +40,7 @@ SECTIONS: tuple[tuple[str, type[Any]], ...] = (
     ("Jobs", JobsConfig),
     ("Job workers", WorkerConfig),
     ("Image editing (render)", ImagingConfig),
+    ("Scenes (render)", ScenesConfig),
 )
 
 Row = tuple[str, str, str]

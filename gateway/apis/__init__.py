@@ -4,7 +4,16 @@ Each module maps what its documented API does beyond plain transcoding (multipar
 token endpoints, its own error body) onto the gRPC services, with no business logic.
 """
 
-from gateway.apis import claid, claid_edit, clara, clyman, oauth2, scenario, scenario_archive
+from gateway.apis import (
+    claid,
+    claid_edit,
+    clara,
+    clara_scenes,
+    clyman,
+    oauth2,
+    scenario,
+    scenario_archive,
+)
 from gateway.apis.registry import ApiModule
 
 #: The APIs `build_app` installs by default, in precedence order.
@@ -14,6 +23,7 @@ DEFAULT_APIS: tuple[ApiModule, ...] = (
     scenario.JOBS_API,
     scenario_archive.API,
     clara.API,
+    clara_scenes.API,
     claid.API,
     claid_edit.API,
     clyman.API,

@@ -35,16 +35,14 @@ from google.protobuf import struct_pb2
 from kiln.jobs.v1 import jobs_pb2
 from kiln.render.v1 import render_pb2
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message
 
 from gateway.apis import claid, jobs_views
 from gateway.apis.jobs_views import CLAID_PREFIXES, CLAID_TASK_PATH
 from gateway.apis.registry import ApiModule
 from gateway.errors import ApiError, claid_shape
 from gateway.jsonpb import json_response, loads
-from gateway.routing import Endpoint, RequestContext, body_too_large, endpoint
+from gateway.routing import Endpoint, RequestContext, endpoint, limited_request
 
 IMAGE_SERVICE = "kiln.render.v1.ImageService"
 STORAGE_SERVICE = "kiln.render.v1.StorageService"
@@ -153,26 +151,6 @@ def submit_handler(prefix: str) -> Callable[[RequestContext], Awaitable[Response
     return submit_edit
 
 
-async def _limited(request: Request, limit: int) -> Request:
-    """The request with a body that answers 413 past `limit`, however it is framed."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise body_too_large(limit)
-    received = 0
-    upstream = request.receive
-
-    async def receive() -> Message:
-        nonlocal received
-        message = await upstream()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise body_too_large(limit)
-        return message
-
-    return Request(request.scope, receive)
-
-
 async def upload_edit(context: RequestContext) -> Response:
     """`POST /v1/image/edit/upload`: `file` + `data` (JSON) → `{"data": {"input", "output"}}`.
 
@@ -187,7 +165,7 @@ async def upload_edit(context: RequestContext) -> Response:
             http_status=415,
         )
     limit = context.gateway.limits.max_upload_bytes
-    request = await _limited(context.request, limit)
+    request = await limited_request(context.request, limit)
     try:
         form = await request.form(max_files=1, max_fields=1, max_part_size=_MAX_DATA_FIELD_BYTES)
     except ApiError:

@@ -1,6 +1,6 @@
-"""Wires the render service: ImageService and StorageService for requests, the `image.edit` and
-`image.edit_batch` workers, and the sweep of temporary results. Scenes (RenderService) arrive
-with #7; until then its RPCs answer UNIMPLEMENTED."""
+"""Wires the render service: ImageService, StorageService and RenderService for requests; the
+workers of `image.edit`, `image.edit_batch` and the scene jobs (`scene.import`, `scene.export`,
+`scene.render`); the sweep of temporary results."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ import contextlib
 
 import grpc
 from kiln.jobs.v1 import jobs_pb2_grpc
+from kiln.objects.v1 import scenes_pb2_grpc
 from kiln.render.v1 import render_pb2, render_pb2_grpc
 
 from services.render.edit_jobs import edit_handlers
 from services.render.editing import ImageEditor
+from services.render.scene_jobs import SceneWorkshop
+from services.render.scene_servicer import RenderServicer
+from services.render.scenes.raster import Rasterizer
 from services.render.servicer import ImageServicer
 from services.render.storages import open_storages
 from services.render.storages_servicer import StorageServicer
@@ -20,16 +24,25 @@ from services.runtime.config import ServiceConfig
 from services.runtime.peers import PEER_CHANNEL_OPTIONS
 from services.runtime.server import Registration, servicers
 from services.runtime.storage import BlobStore
-from services.runtime.worker import Worker
+from services.runtime.worker import TokenFile, Worker
 
 
 async def build(config: ServiceConfig) -> Registration:
     jobs = grpc.aio.insecure_channel(config.jobs_target, options=PEER_CHANNEL_OPTIONS)
+    objects = grpc.aio.insecure_channel(config.objects_target, options=PEER_CHANNEL_OPTIONS)
+    scenes = scenes_pb2_grpc.SceneServiceStub(objects)
     blobs = BlobStore(config.storage)
     await blobs.ensure_bucket()
     storages = await open_storages(config)
     editor = ImageEditor(config.imaging, blobs, storages.resolver)
-    worker = Worker.from_config(config, edit_handlers(editor), blobs=blobs)
+    # The GL context is made on first use, on the rasterizer's own thread.
+    rasterizer = Rasterizer(
+        max_pixels=config.scenes.max_render_pixels, backend=config.scenes.gl_backend
+    )
+    token = TokenFile(config.worker.token_file)
+    workshop = SceneWorkshop(config.scenes, blobs, scenes, token.metadata, rasterizer)
+    handlers = {**edit_handlers(editor), **workshop.handlers()}
+    worker = Worker.from_config(config, handlers, blobs=blobs)
     # The worker leases in the background, reconnecting until the jobs service is up.
     await worker.start()
     sweeper = asyncio.create_task(editor.sweep_forever(), name="tmp-sweeper")
@@ -50,7 +63,7 @@ async def build(config: ServiceConfig) -> Registration:
             render_pb2,
             "RenderService",
             render_pb2_grpc.add_RenderServiceServicer_to_server,
-            render_pb2_grpc.RenderServiceServicer(),
+            RenderServicer(config.scenes, blobs, jobs_pb2_grpc.JobServiceStub(jobs), scenes),
         ),
     )
 
@@ -62,6 +75,8 @@ async def build(config: ServiceConfig) -> Registration:
             await sweeper
         await editor.close()
         await storages.close()
+        rasterizer.close()
+        await objects.close()
         await jobs.close()
         await blobs.close()
 

@@ -194,6 +194,45 @@ class ImagingConfig:
 
 
 @dataclass(frozen=True)
+class ScenesConfig:
+    """Budgets of scene import and render (the render service)."""
+
+    max_import_bytes: int = _env_field(
+        "KILN_SCENE_MAX_IMPORT_BYTES", 512 * 1024 * 1024, "Largest import, all files together."
+    )
+    """Largest import, in bytes, all its files together; one file may be at most half of it."""
+    max_import_files: int = _env_field(
+        "KILN_SCENE_MAX_IMPORT_FILES", 64, "Most files in one import."
+    )
+    """Most files (models, materials, textures, buffers) in one import."""
+    max_triangles: int = _env_field(
+        "KILN_SCENE_MAX_TRIANGLES", 5_000_000, "Most triangles one import may create."
+    )
+    """Most triangles one import may create; a larger model is refused (422) and imports
+    nothing."""
+    import_seconds: float = _env_field(
+        "KILN_SCENE_IMPORT_SECONDS", 120.0, "Time limit of parsing one import."
+    )
+    """Time limit, in seconds, of parsing one import's files (in a child process that is
+    killed when it runs over)."""
+    import_memory_bytes: int = _env_field(
+        "KILN_SCENE_IMPORT_MEMORY_BYTES",
+        4 * 1024**3,
+        "Address-space limit of the process that parses an import.",
+    )
+    """Address-space limit (RLIMIT_AS), in bytes, of the child process that parses an import."""
+    max_render_pixels: int = _env_field(
+        "KILN_RENDER_MAX_PIXELS", 4096 * 4096, "Largest render, width times height."
+    )
+    """Largest render, width times height, in pixels."""
+    gl_backend: str = _env_field(
+        "KILN_RENDER_GL_BACKEND", "egl", "moderngl's context backend for rendering."
+    )
+    """The moderngl context backend: `egl` (headless: Mesa llvmpipe on the CPU, or the GPU
+    driver's EGL where one is installed)."""
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """Settings of one gRPC service process."""
 
@@ -229,6 +268,8 @@ class ServiceConfig:
     """Settings of the job workers inside render and archive."""
     imaging: ImagingConfig = field(default_factory=ImagingConfig)
     """Image editing's limits and fetching rules (render)."""
+    scenes: ScenesConfig = field(default_factory=ScenesConfig)
+    """Scene import and render budgets (render)."""
     objects_subscriber_queue: int = 1024
     """Events queued per live subscriber before it is dropped (KILN_OBJECTS_SUBSCRIBER_QUEUE)."""
     objects_udp_port: int = -1
@@ -473,6 +514,8 @@ def load_service_config(name: str, environ: Mapping[str, str] | None = None) -> 
     _validate_worker(worker)
     imaging: ImagingConfig = env.section(ImagingConfig)
     _validate_imaging(imaging)
+    scenes: ScenesConfig = env.section(ScenesConfig)
+    _validate_scenes(scenes)
     return ServiceConfig(
         name=name,
         host=env.text("KILN_HOST", "127.0.0.1"),
@@ -498,7 +541,23 @@ def load_service_config(name: str, environ: Mapping[str, str] | None = None) -> 
         jobs=jobs,
         worker=worker,
         imaging=imaging,
+        scenes=scenes,
     )
+
+
+def _validate_scenes(scenes: ScenesConfig) -> None:
+    for name, value in (
+        ("KILN_SCENE_MAX_IMPORT_BYTES", scenes.max_import_bytes),
+        ("KILN_SCENE_MAX_IMPORT_FILES", scenes.max_import_files),
+        ("KILN_SCENE_MAX_TRIANGLES", scenes.max_triangles),
+        ("KILN_SCENE_IMPORT_SECONDS", scenes.import_seconds),
+        ("KILN_SCENE_IMPORT_MEMORY_BYTES", scenes.import_memory_bytes),
+        ("KILN_RENDER_MAX_PIXELS", scenes.max_render_pixels),
+    ):
+        if value <= 0:
+            raise ConfigError(f"{name} must be > 0")
+    if scenes.gl_backend not in {"egl", "x11"}:
+        raise ConfigError("KILN_RENDER_GL_BACKEND must be egl or x11")
 
 
 def _validate_imaging(imaging: ImagingConfig) -> None:

@@ -1,0 +1,456 @@
+"""The `scene.import`, `scene.export` and `scene.render` jobs on the render workers.
+
+- **import**: the uploaded files (in the temporary area) are copied to a private folder and
+  parsed in a child process under the budgets (`scenes.importing`). Every mesh becomes a GLB
+  asset and every texture an image asset, written to their final S3 keys first; then one
+  `CommitImport` call records the assets and the objects (one per mesh node: name, type
+  `Mesh`, its world transform in CLyman's row-major form, its asset ids) in one transaction.
+  Nothing is visible before the commit, so an import is never half done. Asset ids derive
+  from the job id, so a retried attempt overwrites the same keys and the commit, idempotent
+  on the job id, cannot import twice. A file that cannot be imported fails the job at once
+  (another attempt would fail the same way) and removes what was written.
+- **export** / **render**: the scene's objects and their mesh assets are read back
+  (`GetSceneContent`), each GLB placed with its object's current transform, so a transform
+  changed through CLyman's API shows in the next render. The file or image is the job's one
+  output, which Clara's job URL redirects to.
+
+The workers act for each job's tenant: their own token plus `x-kiln-tenant` (objects service,
+`acting_tenant`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from kiln.objects.v1 import objects_pb2, scenes_pb2, scenes_pb2_grpc
+from kiln.render.v1 import render_pb2
+from prometheus_client import Counter, Histogram
+
+from services.render.scenes.exporting import ExportRefused, export_scene
+from services.render.scenes.importing import ImportBudget, parse_upload
+from services.render.scenes.model import (
+    GLB_MIME,
+    Placed,
+    SceneEmpty,
+    SceneFileInvalid,
+    matrix_of,
+    mesh_from_glb,
+    mesh_to_glb,
+    row_major,
+    triangle_count,
+)
+from services.render.scenes.raster import Camera, Rasterizer, RenderSettings
+from services.runtime.blob_keys import asset_key
+from services.runtime.config import ScenesConfig
+from services.runtime.context import TENANT_HEADER
+from services.runtime.errors import InvalidArgument, JobFailed, NotFound
+from services.runtime.status import from_call
+from services.runtime.storage import BlobStore
+from services.runtime.worker import JobContext
+
+log = logging.getLogger("kiln.render.scenes")
+
+IMPORT_KIND = "scene.import"
+EXPORT_KIND = "scene.export"
+RENDER_KIND = "scene.render"
+MAX_SIDE = 8192
+DEFAULT_WIDTH = 800
+DEFAULT_HEIGHT = 600
+FORMATS = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png"}
+_PEER_DEADLINE_SECONDS = 60.0
+
+SCENE_JOB_SECONDS = Histogram(
+    "kiln_scene_job_seconds",
+    "Time a scene job's handler ran, by kind and outcome.",
+    ["kind", "outcome"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+IMPORTED_TRIANGLES = Counter("kiln_scene_import_triangles_total", "Triangles imported.")
+RENDERED_FRAMES = Counter("kiln_scene_renders_total", "Frames rendered.", ["format"])
+
+
+def _finite(value: float, name: str) -> float:
+    if not math.isfinite(value):
+        raise InvalidArgument(f"{name} must be a finite number", field=name)
+    return value
+
+
+@dataclass(frozen=True)
+class RenderParams:
+    """A render's size, format, frame and camera, checked."""
+
+    width: int
+    height: int
+    format: str
+    time: int | None = None
+    azimuth: float | None = None
+    polar: float | None = None
+    bounding_radius: float | None = None
+
+    @classmethod
+    def from_request(
+        cls, request: render_pb2.SubmitSceneRenderRequest, max_pixels: int
+    ) -> RenderParams:
+        width = request.width or DEFAULT_WIDTH
+        height = request.height or DEFAULT_HEIGHT
+        for name, side in (("width", width), ("height", height)):
+            if not 1 <= side <= MAX_SIDE:
+                raise InvalidArgument(f"{name} must be 1 to {MAX_SIDE} pixels", field=name)
+        if width * height > max_pixels:
+            raise InvalidArgument(
+                f"{width}x{height} exceeds {max_pixels} pixels (KILN_RENDER_MAX_PIXELS)",
+                field="width",
+            )
+        fmt = FORMATS.get((request.format or "jpeg").strip().lower())
+        if fmt is None:
+            raise InvalidArgument("format must be jpeg or png", field="format")
+        radius = None
+        if request.HasField("bounding_radius"):
+            radius = _finite(request.bounding_radius, "boundingRadius")
+            if radius <= 0:
+                raise InvalidArgument("boundingRadius must be > 0", field="boundingRadius")
+        return cls(
+            width=width,
+            height=height,
+            format=fmt,
+            time=request.time if request.HasField("time") else None,
+            azimuth=(
+                _finite(request.azimuth_angle, "azimuthAngle")
+                if request.HasField("azimuth_angle")
+                else None
+            ),
+            polar=(
+                _finite(request.polar_angle, "polarAngle")
+                if request.HasField("polar_angle")
+                else None
+            ),
+            bounding_radius=radius,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"width": self.width, "height": self.height, "format": self.format}
+        for name, value in (
+            ("time", self.time),
+            ("azimuthAngle", self.azimuth),
+            ("polarAngle", self.polar),
+            ("boundingRadius", self.bounding_radius),
+        ):
+            if value is not None:
+                body[name] = value
+        return body
+
+    @classmethod
+    def from_json(cls, params: Mapping[str, Any]) -> RenderParams:
+        def number(name: str) -> float | None:
+            value = params.get(name)
+            return None if value is None else float(value)
+
+        frame = params.get("time")
+        return cls(
+            width=int(params["width"]),
+            height=int(params["height"]),
+            format=str(params["format"]),
+            time=None if frame is None else int(frame),
+            azimuth=number("azimuthAngle"),
+            polar=number("polarAngle"),
+            bounding_radius=number("boundingRadius"),
+        )
+
+    def settings(self) -> RenderSettings:
+        return RenderSettings(
+            width=self.width,
+            height=self.height,
+            format=self.format,
+            camera=Camera(
+                azimuth=self.azimuth, polar=self.polar, bounding_radius=self.bounding_radius
+            ),
+        )
+
+
+def derived_asset_id(job_id: str, role: str, index: int) -> str:
+    """The id of an import's `index`th asset of `role`: the same in every attempt."""
+    digest = hashlib.sha256(f"{job_id}/{role}/{index}".encode()).digest()
+    return "asset_" + base64.urlsafe_b64encode(digest).decode()[:22]
+
+
+class SceneWorkshop:
+    """What the scene jobs share: the bucket, the objects service, the renderer, budgets."""
+
+    def __init__(
+        self,
+        config: ScenesConfig,
+        blobs: BlobStore,
+        scenes: scenes_pb2_grpc.SceneServiceStub,
+        worker_metadata: Callable[[], tuple[tuple[str, str], ...]],
+        rasterizer: Rasterizer,
+    ) -> None:
+        self._config = config
+        self._blobs = blobs
+        self._scenes = scenes
+        self._worker_metadata = worker_metadata
+        self.rasterizer = rasterizer
+        self._budget = ImportBudget(
+            max_file_bytes=config.max_import_bytes,
+            max_total_bytes=config.max_import_bytes,
+            max_files=config.max_import_files,
+            max_triangles=config.max_triangles,
+            max_seconds=config.import_seconds,
+            max_memory_bytes=config.import_memory_bytes,
+        )
+
+    def handlers(self) -> dict[str, Callable[[JobContext], Awaitable[Mapping[str, Any] | None]]]:
+        return {
+            IMPORT_KIND: self._timed(IMPORT_KIND, self.run_import),
+            EXPORT_KIND: self._timed(EXPORT_KIND, self.run_export),
+            RENDER_KIND: self._timed(RENDER_KIND, self.run_render),
+        }
+
+    @staticmethod
+    def _timed(
+        kind: str, handler: Callable[[JobContext], Awaitable[dict[str, Any]]]
+    ) -> Callable[[JobContext], Awaitable[Mapping[str, Any] | None]]:
+        async def run(ctx: JobContext) -> Mapping[str, Any] | None:
+            started, outcome = time.monotonic(), "error"
+            try:
+                result = await handler(ctx)
+                outcome = "ok"
+                return result
+            except JobFailed:
+                outcome = "failed"
+                raise
+            finally:
+                SCENE_JOB_SECONDS.labels(kind, outcome).observe(time.monotonic() - started)
+
+        return run
+
+    async def _call(self, method: Any, request: Any, tenant: str) -> Any:
+        metadata = (*self._worker_metadata(), (TENANT_HEADER, tenant))
+        try:
+            return await method(request, metadata=metadata, timeout=_PEER_DEADLINE_SECONDS)
+        except grpc.aio.AioRpcError as err:
+            raise from_call(err) from None
+
+    # --- import ----------------------------------------------------------------------------
+
+    async def run_import(self, ctx: JobContext) -> dict[str, Any]:
+        params = json_format.MessageToDict(ctx.job.params)
+        scene_id = str(params.get("sceneId", ""))
+        files: list[dict[str, Any]] = list(params.get("files", []))
+        if not scene_id or not files:
+            raise JobFailed("the job names no scene or no files")
+        written: list[str] = []
+        try:
+            with tempfile.TemporaryDirectory(prefix="kiln-import-") as tmp:
+                folder = Path(tmp)
+                for entry in files:
+                    await self._download(entry["key"], folder / entry["name"])
+                ctx.progress(0.2)
+                try:
+                    imported = await parse_upload(
+                        folder, [entry["name"] for entry in files], self._budget
+                    )
+                except SceneFileInvalid as exc:
+                    raise JobFailed(str(exc)) from None
+            ctx.progress(0.6)
+            assets, objects = await self._store_import(ctx, scene_id, imported, written)
+            ctx.progress(0.9)
+            committed = await self._call(
+                self._scenes.CommitImport,
+                scenes_pb2.CommitImportRequest(
+                    scene_id=scene_id, import_id=ctx.job_id, assets=assets, objects=objects
+                ),
+                ctx.tenant,
+            )
+        except (JobFailed, InvalidArgument, NotFound) as exc:
+            # Final: nothing was committed, so nothing may stay behind.
+            await self._remove(written)
+            await self._remove([entry["key"] for entry in files])
+            if isinstance(exc, JobFailed):
+                raise
+            raise JobFailed(getattr(exc, "message", str(exc))) from None
+        await self._remove([entry["key"] for entry in files])
+        triangles = triangle_count(imported.placed)
+        IMPORTED_TRIANGLES.inc(triangles)
+        return {
+            "sceneId": scene_id,
+            "format": imported.source_format,
+            "objects": [o.key for o in committed.objects],
+            "assets": list(committed.asset_ids),
+            "triangles": triangles,
+        }
+
+    async def _download(self, key: str, path: Path) -> None:
+        with path.open("wb") as out:
+            async for chunk in self._blobs.get_stream(key):
+                out.write(chunk)
+
+    async def _store_import(
+        self, ctx: JobContext, scene_id: str, imported: Any, written: list[str]
+    ) -> tuple[list[scenes_pb2.ImportedAsset], list[scenes_pb2.ImportedObject]]:
+        assets: list[scenes_pb2.ImportedAsset] = []
+        texture_ids: list[str] = []
+        for index, texture in enumerate(imported.textures):
+            asset_id = derived_asset_id(ctx.job_id, "texture", index)
+            assets.append(
+                await self._put_asset(
+                    ctx.tenant,
+                    asset_id=asset_id,
+                    file_name=texture.name,
+                    data=texture.data,
+                    mime_type=texture.mime_type,
+                    metadata={"role": "texture"},
+                    written=written,
+                )
+            )
+            texture_ids.append(asset_id)
+        objects: list[scenes_pb2.ImportedObject] = []
+        for index, placed in enumerate(imported.placed):
+            glb = await asyncio.to_thread(mesh_to_glb, placed.mesh)
+            asset_id = derived_asset_id(ctx.job_id, "mesh", index)
+            name = placed.name or f"mesh{index}"
+            assets.append(
+                await self._put_asset(
+                    ctx.tenant,
+                    asset_id=asset_id,
+                    file_name=f"{_file_stem(name, index)}.glb",
+                    data=glb,
+                    mime_type=GLB_MIME,
+                    metadata={"role": "mesh", "triangles": len(placed.mesh.faces)},
+                    written=written,
+                )
+            )
+            uses = [texture_ids[t] for t in imported.texture_of[index]]
+            objects.append(
+                scenes_pb2.ImportedObject(
+                    object=objects_pb2.Object(
+                        name=name[:255],
+                        type="Mesh",
+                        transform=row_major(placed.transform),
+                        assets=[asset_id, *uses],
+                    )
+                )
+            )
+            ctx.progress(0.6 + 0.3 * (index + 1) / max(1, len(imported.placed)))
+        return assets, objects
+
+    async def _put_asset(
+        self,
+        tenant: str,
+        *,
+        asset_id: str,
+        file_name: str,
+        data: bytes,
+        mime_type: str,
+        metadata: dict[str, Any],
+        written: list[str],
+    ) -> scenes_pb2.ImportedAsset:
+        key = asset_key(tenant, asset_id)
+        written.append(key)
+        put = await self._blobs.put_bytes(key, data, mime_type)
+        asset = scenes_pb2.ImportedAsset(
+            id=asset_id, file_name=file_name, mime_type=mime_type, size=put.size, sha256=put.sha256
+        )
+        asset.metadata.update(metadata)
+        return asset
+
+    async def _remove(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            with contextlib.suppress(Exception):
+                await self._blobs.delete(key)
+
+    # --- export and render -----------------------------------------------------------------
+
+    async def load_scene(
+        self, tenant: str, scene_id: str, frame: int | None = None
+    ) -> list[Placed]:
+        """The scene's meshes where their objects stand. Objects with a frame appear only at
+        that frame (`time`); objects without one always."""
+        content = await self._call(
+            self._scenes.GetSceneContent,
+            scenes_pb2.GetSceneContentRequest(scene_id=scene_id),
+            tenant,
+        )
+        meshes = {a.id: a for a in content.assets if a.mime_type == GLB_MIME}
+        placed: list[Placed] = []
+        for obj in content.objects:
+            if obj.HasField("frame") and obj.frame != frame:
+                continue
+            for asset_id in obj.assets:
+                asset = meshes.get(asset_id)
+                if asset is None:
+                    continue
+                data = await self._blobs.get_bytes(asset.blob_key)
+                try:
+                    mesh = await asyncio.to_thread(mesh_from_glb, data)
+                    transform = matrix_of(list(obj.transform))
+                except (SceneFileInvalid, ValueError):
+                    # One bad asset (uploaded by hand and named on an object) must not make
+                    # the whole scene unrenderable.
+                    log.warning("skipping an unreadable mesh", extra={"asset": asset_id})
+                    continue
+                placed.append(Placed(name=obj.name or obj.key, mesh=mesh, transform=transform))
+        return placed
+
+    async def run_export(self, ctx: JobContext) -> dict[str, Any]:
+        params = json_format.MessageToDict(ctx.job.params)
+        scene_id = str(params.get("sceneId", ""))
+        placed = await self._scene_or_fail(ctx.tenant, scene_id, None)
+        ctx.progress(0.4)
+        try:
+            exported = await asyncio.to_thread(
+                export_scene,
+                placed,
+                str(params.get("extension", "")),
+                zip_output=bool(params.get("zip", True)),
+                center=bool(params.get("centerScene", False)),
+            )
+        except (ExportRefused, SceneEmpty) as exc:
+            raise JobFailed(str(exc) or "the scene has no meshes to export") from None
+        ctx.progress(0.9)
+        await ctx.put_output(exported.name, exported.data, exported.mime_type)
+        return {"sceneId": scene_id, "file": exported.name, "size": len(exported.data)}
+
+    async def run_render(self, ctx: JobContext) -> dict[str, Any]:
+        params = json_format.MessageToDict(ctx.job.params)
+        scene_id = str(params.get("sceneId", ""))
+        try:
+            render = RenderParams.from_json(params)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise JobFailed(f"the job's render parameters are malformed ({exc})") from None
+        placed = await self._scene_or_fail(ctx.tenant, scene_id, render.time)
+        ctx.progress(0.4)
+        try:
+            image = await self.rasterizer.render_async(placed, render.settings())
+        except SceneEmpty:
+            raise JobFailed(f"scene {scene_id} has no meshes to render") from None
+        ext = "jpg" if render.format == "jpeg" else "png"
+        await ctx.put_output(f"render.{ext}", image, f"image/{render.format}")
+        RENDERED_FRAMES.labels(render.format).inc()
+        return {"sceneId": scene_id, "width": render.width, "height": render.height}
+
+    async def _scene_or_fail(self, tenant: str, scene_id: str, frame: int | None) -> list[Placed]:
+        try:
+            placed = await self.load_scene(tenant, scene_id, frame)
+        except NotFound:
+            raise JobFailed(f"scene {scene_id} not found") from None
+        if not placed:
+            raise JobFailed(f"scene {scene_id} has no meshes")
+        return placed
+
+
+def _file_stem(name: str, index: int) -> str:
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:80].strip("_")
+    return stem or f"mesh{index}"
