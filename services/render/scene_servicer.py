@@ -55,6 +55,10 @@ def plain_file_name(raw: str, taken: set[str]) -> str:
     return candidate
 
 
+def _extension(name: str) -> str:
+    return PurePosixPath(name).suffix.lower().lstrip(".")
+
+
 def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     struct.update(value)
@@ -91,10 +95,10 @@ class RenderServicer(render_pb2_grpc.RenderServiceServicer):
             await self._receive_files(request_iterator, tenant, scope, files)
             if not files:
                 raise MissingField("the import carries no files", field="file")
-            if not any(PurePosixPath(f["name"]).suffix.lower() in MODEL_EXTENSIONS for f in files):
+            if not any(_extension(f["name"]) in MODEL_EXTENSIONS for f in files):
                 raise InvalidArgument(
                     "the import holds no model file; Kiln imports "
-                    + ", ".join(sorted(e.lstrip(".") for e in MODEL_EXTENSIONS))
+                    + ", ".join(MODEL_EXTENSIONS)
                     + " (with .mtl materials, .bin buffers and image textures beside them)",
                     field="file",
                 )
