@@ -490,10 +490,13 @@ async def render_scene(context: RequestContext) -> Response:
         format=params.get("format", "").strip(),
         request_id=context.request.headers.get("idempotency-key", "")[:128],
     )
-    for name, attr in (("width", "width"), ("height", "height"), ("time", "time")):
+    for name in ("width", "height", "time"):
         value = _integer(params, name)
-        if value is not None:
-            setattr(request, attr, value)
+        if value is None:
+            continue
+        if name != "time" and value < 1:
+            raise _unprocessable(f"{name} must be a positive number of pixels", name)
+        setattr(request, name, value)
     for name, attr in (
         ("azimuthAngle", "azimuth_angle"),
         ("polarAngle", "polar_angle"),
@@ -502,8 +505,6 @@ async def render_scene(context: RequestContext) -> Response:
         number = _number(params, name)
         if number is not None:
             setattr(request, attr, number)
-    if (request.width and request.width < 1) or (request.height and request.height < 1):
-        raise _unprocessable("width and height must be positive", "width")
     url = _flag(params.get("url", ""), "url")
     reply = await context.call(
         "render",
