@@ -42,9 +42,12 @@ async def test_migrations_are_idempotent_and_versioned_per_service(database_url:
             "objects",
             "object_assets",
             "properties",
+            "scenes",
+            "scene_imports",
+            "scene_assets",
             "alembic_version_objects",
         } <= tables
-        assert version == "0002"
+        assert version == "0003"
     finally:
         await engine.dispose()
 

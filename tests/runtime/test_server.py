@@ -18,7 +18,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from kiln.objects.v1 import assets_pb2, assets_pb2_grpc
-from kiln.render.v1 import render_pb2, render_pb2_grpc
 
 from deploy.local.seaweed import free_port
 from services.runtime.config import load_service_config
@@ -131,17 +130,6 @@ async def test_calls_without_a_valid_token_are_refused(
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
         info = error_info(err.value)
         assert info is not None and info.reason == reason
-
-
-async def test_unbuilt_rpcs_answer_unimplemented(
-    suite: Suite, token_for: Callable[..., str]
-) -> None:
-    async with grpc.aio.insecure_channel(suite.targets["render"]) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await render_pb2_grpc.RenderServiceStub(channel).RenderScene(
-                render_pb2.RenderSceneRequest(scene_id="x"), metadata=bearer(token_for())
-            )
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 class SlowJobs(jobs_pb2_grpc.JobServiceServicer):
