@@ -14,6 +14,7 @@ BENCHMARKS = [
     "bench.jobs",
     "bench.archive",
     "bench.images",
+    "bench.render",
 ]
 
 

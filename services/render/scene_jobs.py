@@ -290,6 +290,7 @@ class SceneWorkshop:
             "objects": [o.key for o in committed.objects],
             "assets": list(committed.asset_ids),
             "triangles": triangles,
+            "parsePeakRssMiB": round(imported.parse_peak_rss_bytes / 2**20, 1),
         }
 
     async def _download(self, key: str, path: Path) -> None:

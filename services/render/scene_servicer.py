@@ -10,7 +10,6 @@ the job names them, and the worker removes them once the import has ended.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator
@@ -25,7 +24,11 @@ from kiln.render.v1 import render_pb2, render_pb2_grpc
 
 from services.render.scene_jobs import EXPORT_KIND, IMPORT_KIND, RENDER_KIND, RenderParams
 from services.render.scenes.exporting import ExportRefused, check_export
-from services.render.scenes.importing import MODEL_EXTENSIONS
+from services.render.scenes.importing import (
+    MODEL_EXTENSIONS,
+    safe_file_stem,
+    unique_file_name,
+)
 from services.runtime.blob_keys import tmp_key
 from services.runtime.config import ScenesConfig
 from services.runtime.context import current_tenant
@@ -33,24 +36,22 @@ from services.runtime.errors import InvalidArgument, MissingField, TooLarge
 from services.runtime.peers import call_peer, caller_credentials
 from services.runtime.storage import BlobStore
 
-#: Characters kept in an uploaded file's name; others become "_". Names matter (an OBJ names
-#: its MTL, an MTL its textures), so ordinary names pass unchanged.
-_UNSAFE = re.compile(r"[^A-Za-z0-9._ -]")
-
 
 def plain_file_name(raw: str, taken: set[str]) -> str:
-    """The client's name as a plain base name, unique among `taken` (which it joins)."""
-    name = unicodedata.normalize("NFC", raw).replace("\\", "/")
-    name = _UNSAFE.sub("_", PurePosixPath(name).name).strip(" .")
-    name = name.lstrip("_-") or "file"
-    stem, dot, ext = name.rpartition(".")
+    """The client's name as a safe plain base name, unique among `taken` (which it joins).
+    Ordinary names pass unchanged: they matter (an OBJ names its MTL, an MTL its textures)."""
+    name = PurePosixPath(unicodedata.normalize("NFC", raw).replace("\\", "/")).name
+    stem, dot, extension = name.rpartition(".")
     if not dot:
-        stem, ext = name, ""
-    stem, ext = stem[:100] or "file", ext[:16]
-    candidate, n = (f"{stem}.{ext}" if ext else stem), 1
+        stem, extension = name, ""
+    stem = safe_file_stem(stem, default="file", max_length=100)
+    extension = safe_file_stem(extension, default="", max_length=16)
+    if extension:
+        return unique_file_name(stem, extension, taken)
+    candidate, number = stem, 1
     while candidate.lower() in taken:
-        n += 1
-        candidate = f"{stem}-{n}.{ext}" if ext else f"{stem}-{n}"
+        number += 1
+        candidate = f"{stem}-{number}"
     taken.add(candidate.lower())
     return candidate
 
