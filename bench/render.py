@@ -62,8 +62,8 @@ def scene_glb(placed: list[Placed]) -> bytes:
 
 def grid_obj(target_mb: float) -> bytes:
     """A textured height-field grid as OBJ text of about `target_mb` MB."""
-    # One grid vertex costs about 70 bytes of OBJ (v, vt and two faces' worth of f).
-    side = int((target_mb * 1e6 / 70) ** 0.5)
+    # One grid vertex costs about 127 bytes of OBJ (v, vt and two faces' worth of f).
+    side = int((target_mb * 1e6 / 127) ** 0.5)
     out = io.StringIO()
     out.write("mtllib grid.mtl\no Grid\n")
     for j in range(side):

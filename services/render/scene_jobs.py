@@ -34,13 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import trimesh
 from google.protobuf import json_format
 from kiln.objects.v1 import objects_pb2, scenes_pb2, scenes_pb2_grpc
 from kiln.render.v1 import render_pb2
 from prometheus_client import Counter, Histogram
 
+from services.render.scenes.cache import MeshCache
 from services.render.scenes.exporting import ExportRefused, export_scene
-from services.render.scenes.importing import ImportBudget, parse_upload
+from services.render.scenes.importing import ImportBudget, ImportedScene, parse_upload
 from services.render.scenes.model import (
     GLB_MIME,
     Placed,
@@ -48,9 +50,7 @@ from services.render.scenes.model import (
     SceneFileInvalid,
     matrix_of,
     mesh_from_glb,
-    mesh_to_glb,
     row_major,
-    triangle_count,
 )
 from services.render.scenes.raster import Camera, Rasterizer, RenderSettings
 from services.runtime.blob_keys import asset_key
@@ -202,6 +202,7 @@ class SceneWorkshop:
         self._scenes = scenes
         self._worker_metadata = worker_metadata
         self.rasterizer = rasterizer
+        self._meshes = MeshCache(config.mesh_cache_bytes)
         self._budget = ImportBudget(
             max_file_bytes=config.max_import_bytes,
             max_total_bytes=config.max_import_bytes,
@@ -282,7 +283,7 @@ class SceneWorkshop:
                 raise
             raise JobFailed(getattr(exc, "message", str(exc))) from None
         await self._remove([entry["key"] for entry in files])
-        triangles = triangle_count(imported.placed)
+        triangles = imported.triangles
         IMPORTED_TRIANGLES.inc(triangles)
         return {
             "sceneId": scene_id,
@@ -299,7 +300,7 @@ class SceneWorkshop:
                 out.write(chunk)
 
     async def _store_import(
-        self, ctx: JobContext, scene_id: str, imported: Any, written: list[str]
+        self, ctx: JobContext, scene_id: str, imported: ImportedScene, written: list[str]
     ) -> tuple[list[scenes_pb2.ImportedAsset], list[scenes_pb2.ImportedObject]]:
         assets: list[scenes_pb2.ImportedAsset] = []
         texture_ids: list[str] = []
@@ -318,33 +319,39 @@ class SceneWorkshop:
             )
             texture_ids.append(asset_id)
         objects: list[scenes_pb2.ImportedObject] = []
-        for index, placed in enumerate(imported.placed):
-            glb = await asyncio.to_thread(mesh_to_glb, placed.mesh)
-            asset_id = derived_asset_id(ctx.job_id, "mesh", index)
-            name = placed.name or f"mesh{index}"
-            assets.append(
-                await self._put_asset(
-                    ctx.tenant,
-                    asset_id=asset_id,
-                    file_name=f"{_file_stem(name, index)}.glb",
-                    data=glb,
-                    mime_type=GLB_MIME,
-                    metadata={"role": "mesh", "triangles": len(placed.mesh.faces)},
-                    written=written,
+        # One asset per stored mesh: instanced nodes share theirs, as they did in the file.
+        mesh_ids: dict[str, str] = {}
+        for index, node in enumerate(imported.nodes):
+            name = node.name or f"mesh{index}"
+            known = mesh_ids.get(node.mesh_key)
+            if known is not None:
+                asset_id = known
+            else:
+                asset_id = mesh_ids[node.mesh_key] = derived_asset_id(
+                    ctx.job_id, "mesh", len(mesh_ids)
                 )
-            )
-            uses = [texture_ids[t] for t in imported.texture_of[index]]
+                assets.append(
+                    await self._put_asset(
+                        ctx.tenant,
+                        asset_id=asset_id,
+                        file_name=f"{_file_stem(name, index)}.glb",
+                        data=node.glb,
+                        mime_type=GLB_MIME,
+                        metadata={"role": "mesh", "triangles": node.triangles},
+                        written=written,
+                    )
+                )
             objects.append(
                 scenes_pb2.ImportedObject(
                     object=objects_pb2.Object(
                         name=name[:255],
                         type="Mesh",
-                        transform=row_major(placed.transform),
-                        assets=[asset_id, *uses],
+                        transform=row_major(node.transform),
+                        assets=[asset_id, *(texture_ids[t] for t in node.textures)],
                     )
                 )
             )
-            ctx.progress(0.6 + 0.3 * (index + 1) / max(1, len(imported.placed)))
+            ctx.progress(0.6 + 0.3 * (index + 1) / max(1, len(imported.nodes)))
         return assets, objects
 
     async def _put_asset(
@@ -393,9 +400,8 @@ class SceneWorkshop:
                 asset = meshes.get(asset_id)
                 if asset is None:
                     continue
-                data = await self._blobs.get_bytes(asset.blob_key)
                 try:
-                    mesh = await asyncio.to_thread(mesh_from_glb, data)
+                    mesh = await self._mesh(asset.blob_key, asset.size)
                     transform = matrix_of(list(obj.transform))
                 except (SceneFileInvalid, ValueError):
                     # One bad asset (uploaded by hand and named on an object) must not make
@@ -404,6 +410,14 @@ class SceneWorkshop:
                     continue
                 placed.append(Placed(name=obj.name or obj.key, mesh=mesh, transform=transform))
         return placed
+
+    async def _mesh(self, blob_key: str, size: int) -> trimesh.Trimesh:
+        mesh = self._meshes.get(blob_key, size)
+        if mesh is None:
+            data = await self._blobs.get_bytes(blob_key)
+            mesh = await asyncio.to_thread(mesh_from_glb, data)
+            await asyncio.to_thread(self._meshes.put, blob_key, size, mesh)
+        return mesh
 
     async def run_export(self, ctx: JobContext) -> dict[str, Any]:
         params = json_format.MessageToDict(ctx.job.params)

@@ -225,6 +225,13 @@ class ScenesConfig:
         "KILN_RENDER_MAX_PIXELS", 4096 * 4096, "Largest render, width times height."
     )
     """Largest render, width times height, in pixels."""
+    mesh_cache_bytes: int = _env_field(
+        "KILN_RENDER_MESH_CACHE_BYTES",
+        512 * 1024 * 1024,
+        "Memory for decoded meshes kept between renders.",
+    )
+    """Estimated memory, in bytes, of the decoded meshes (arrays and texture pixels) a render
+    process keeps between renders and exports of the same scenes (0: none)."""
     gl_backend: str = _env_field(
         "KILN_RENDER_GL_BACKEND", "egl", "moderngl's context backend for rendering."
     )
@@ -556,6 +563,8 @@ def _validate_scenes(scenes: ScenesConfig) -> None:
     ):
         if value <= 0:
             raise ConfigError(f"{name} must be > 0")
+    if scenes.mesh_cache_bytes < 0:
+        raise ConfigError("KILN_RENDER_MESH_CACHE_BYTES must be >= 0")
     if scenes.gl_backend not in {"egl", "x11"}:
         raise ConfigError("KILN_RENDER_GL_BACKEND must be egl or x11")
 

@@ -536,8 +536,10 @@ def write_result(parsed: Parsed, out: Path) -> None:
         name = unique_file_name(safe_file_stem(_stem(texture.name), "texture"), extension, taken)
         textures.append({"name": name, "file": file, "mime_type": mime_type})
     meshes = {}
+    triangles = {}
     for mesh in parsed.meshes:
         meshes[mesh.key] = f"{mesh.key}.glb"
+        triangles[mesh.key] = len(mesh.mesh.faces)
         (out / meshes[mesh.key]).write_bytes(mesh_to_glb(mesh.mesh))
     nodes = [
         {
@@ -550,7 +552,13 @@ def write_result(parsed: Parsed, out: Path) -> None:
     ]
     # ru_maxrss is in KiB on Linux: the parse's own peak, which the job reports.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    manifest = {"meshes": meshes, "nodes": nodes, "textures": textures, "peak_rss_bytes": peak}
+    manifest = {
+        "meshes": meshes,
+        "triangles": triangles,
+        "nodes": nodes,
+        "textures": textures,
+        "peak_rss_bytes": peak,
+    }
     (out / MANIFEST_NAME).write_text(json.dumps(manifest))
 
 

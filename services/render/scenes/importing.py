@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -58,6 +59,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import trimesh
 
 from services.render.scenes.model import (
     Placed,
@@ -116,20 +120,57 @@ class Texture:
 
 
 @dataclass(frozen=True)
-class ImportedScene:
-    """What an upload holds."""
+class ImportedNode:
+    """One mesh node of an upload, as the parse stored it."""
 
-    placed: list[Placed]
-    """One per mesh node: the world matrix in `transform`, the mesh in local coordinates with
-    its visuals (UVs, material and embedded texture, or colours)."""
+    name: str
+    transform: np.ndarray
+    """4x4 world matrix (column vectors; `row_major` is CLyman's form)."""
+    mesh_key: str
+    """The stored mesh it shows: nodes with the same key are instances of one mesh."""
+    glb: bytes
+    """That mesh as a GLB (`model.mesh_to_glb`), visuals and texture embedded."""
+    triangles: int
+    textures: list[int]
+    """Indices into `ImportedScene.textures` of the images its material uses."""
+
+
+@dataclass(frozen=True)
+class ImportedScene:
+    """What an upload holds: its nodes with their meshes as stored GLB bytes, so a caller that
+    only stores them (the import job) never decodes a mesh; `placed` decodes on first use."""
+
+    nodes: list[ImportedNode]
     textures: list[Texture]
     """The distinct texture images the meshes use, each once."""
-    texture_of: list[list[int]]
-    """For each of `placed`, the indices into `textures` of the images its material uses."""
     source_format: str
     """The main model file's format: one of `MODEL_EXTENSIONS`."""
     parse_peak_rss_bytes: int = 0
     """The parsing child's peak resident memory."""
+
+    @property
+    def texture_of(self) -> list[list[int]]:
+        """For each node, the indices into `textures` of the images its material uses."""
+        return [node.textures for node in self.nodes]
+
+    @property
+    def triangles(self) -> int:
+        return sum(node.triangles for node in self.nodes)
+
+    @functools.cached_property
+    def placed(self) -> list[Placed]:
+        """One per node: its world matrix and its mesh (in local coordinates, with visuals).
+        Instances get their own copy, so changing one object's mesh cannot change another's."""
+        loaded: dict[str, trimesh.Trimesh] = {}
+        placed: list[Placed] = []
+        for node in self.nodes:
+            mesh = loaded.get(node.mesh_key)
+            if mesh is None:
+                mesh = loaded[node.mesh_key] = mesh_from_glb(node.glb)
+            else:
+                mesh = mesh.copy()
+            placed.append(Placed(name=node.name, mesh=mesh, transform=node.transform))
+        return placed
 
 
 _PLAIN_NAME = re.compile(r"[^/\\:\x00-\x1f]+")
@@ -363,32 +404,32 @@ def _read_result(out: Path, models: list[str]) -> ImportedScene:
             for entry in manifest["textures"]
         ]
         meshes = {
-            str(key): mesh_from_glb((out / _plain(file)).read_bytes())
-            for key, file in manifest["meshes"].items()
+            str(key): (out / _plain(file)).read_bytes() for key, file in manifest["meshes"].items()
         }
-        placed: list[Placed] = []
-        texture_of: list[list[int]] = []
-        used: set[str] = set()
+        triangles = {str(key): int(n) for key, n in manifest["triangles"].items()}
+        nodes: list[ImportedNode] = []
         for node in manifest["nodes"]:
             key = str(node["mesh"])
-            # Instances share one stored mesh; each Placed gets its own copy, so changing
-            # one object's mesh cannot change another's.
-            mesh = meshes[key] if key not in used else meshes[key].copy()
-            used.add(key)
-            placed.append(
-                Placed(name=str(node["name"]), mesh=mesh, transform=matrix_of(node["transform"]))
-            )
-            texture_of.append([int(index) for index in node["textures"]])
-            if any(not 0 <= index < len(textures) for index in texture_of[-1]):
+            used = [int(index) for index in node["textures"]]
+            if any(not 0 <= index < len(textures) for index in used):
                 raise ValueError("a texture index out of range")
+            nodes.append(
+                ImportedNode(
+                    name=str(node["name"]),
+                    transform=matrix_of(node["transform"]),
+                    mesh_key=key,
+                    glb=meshes[key],
+                    triangles=triangles[key],
+                    textures=used,
+                )
+            )
     except (AssertionError, KeyError, TypeError, ValueError, OSError) as exc:
         # The child is our own code: a bad manifest is a bug, not the user's file.
         log.error("scene import child wrote an unreadable result: %r", exc)
         raise SceneFileInvalid(f"{models[0]} could not be read") from None
     return ImportedScene(
-        placed=placed,
+        nodes=nodes,
         textures=textures,
-        texture_of=texture_of,
         source_format=extension_of(models[0]),
         parse_peak_rss_bytes=int(manifest.get("peak_rss_bytes", 0)),
     )
