@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import io
+import json
 import os
 import resource
 import shutil
@@ -110,7 +112,25 @@ async def new_scene(http: httpx.AsyncClient, name: str) -> str:
     return str(created.raise_for_status().json()["id"])
 
 
-async def render_once(http: httpx.AsyncClient, scene_id: str) -> tuple[float, int]:
+def _millis(stamp: str) -> float:
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+async def job_phases(http: httpx.AsyncClient, job_id: str) -> tuple[float, float]:
+    """(seconds queued, seconds running) of a finished job, from Scenario's statusHistory."""
+    job = (await http.get(f"/v1/jobs/{job_id}", auth=AUTH)).raise_for_status().json()["job"]
+    times = {step["status"]: _millis(step["date"]) for step in job["statusHistory"]}
+    return (
+        times["in-progress"] - times["queued"],
+        times["success"] - times["in-progress"],
+    )
+
+
+async def render_once(
+    http: httpx.AsyncClient, scene_id: str, *, events: bool = False
+) -> tuple[float, int, str]:
+    """One async render: POST, then the job URL until the job has ended (polled every 20 ms,
+    or followed as Server-Sent Events with `events`), then the image. (seconds, bytes, job)"""
     started = time.perf_counter()
     accepted = await http.post(
         f"/api/scenes/{scene_id}/render",
@@ -119,18 +139,37 @@ async def render_once(http: httpx.AsyncClient, scene_id: str) -> tuple[float, in
     )
     assert accepted.status_code == 202, accepted.text
     location = accepted.headers["location"]
-    while True:
-        polled = await http.get(location, auth=AUTH)
-        if polled.status_code == 303:
-            break
-        assert polled.status_code == 200, polled.text
-        await asyncio.sleep(POLL_SECONDS)
-    if polled.json()["status"] != "ok":
-        raise RuntimeError(f"render failed: {polled.json()}")
-    image = await http.get(polled.headers["location"], auth=AUTH)
+    if events:
+        file_url = await _follow_events(http, location)
+    else:
+        while True:
+            polled = await http.get(location, auth=AUTH)
+            if polled.status_code == 303:
+                break
+            assert polled.status_code == 200, polled.text
+            await asyncio.sleep(POLL_SECONDS)
+        if polled.json()["status"] != "ok":
+            raise RuntimeError(f"render failed: {polled.json()}")
+        file_url = polled.headers["location"]
+    image = await http.get(file_url, auth=AUTH)
     data = image.raise_for_status().content
     assert data[:2] == b"\xff\xd8"
-    return time.perf_counter() - started, len(data)
+    return time.perf_counter() - started, len(data), str(accepted.json()["id"])
+
+
+async def _follow_events(http: httpx.AsyncClient, location: str) -> str:
+    """The job URL as Server-Sent Events until the job ends; the output's URL."""
+    headers = {"Accept": "text/event-stream"}
+    async with http.stream("GET", location, auth=AUTH, headers=headers) as stream:
+        async for line in stream.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            delta = json.loads(line[5:])
+            if delta.get("status") in ("failed", "cancelled"):
+                raise RuntimeError(f"render failed: {delta}")
+            if delta.get("status") == "ok":
+                return str(delta["files"][0]["url"])
+    raise RuntimeError("the event stream ended before the job did")
 
 
 async def kiln_side(kiln: Kiln, placed: list[Placed], frames: int, obj: bytes) -> dict[str, Any]:
@@ -144,10 +183,17 @@ async def kiln_side(kiln: Kiln, placed: list[Placed], frames: int, obj: bytes) -
         assert imported.status_code == 200, imported.text
         await render_once(http, scene_id)  # warm-up: the GL context, first uploads
         seconds = []
+        followed: list[float] = []
+        queued: list[float] = []
+        running: list[float] = []
         size = 0
         for _ in range(frames):
-            elapsed, size = await render_once(http, scene_id)
+            elapsed, size, job_id = await render_once(http, scene_id)
             seconds.append(elapsed)
+            wait, run = await job_phases(http, job_id)
+            queued.append(wait)
+            running.append(run)
+            followed.append((await render_once(http, scene_id, events=True))[0])
         render_rss = vm_kb(kiln.render_pid(), "VmHWM")
 
         big = await new_scene(http, "bench-import")
@@ -168,6 +214,9 @@ async def kiln_side(kiln: Kiln, placed: list[Placed], frames: int, obj: bytes) -
         job = (await http.get(f"/v1/jobs/{response.json()['id']}", auth=AUTH)).json()["job"]
         return {
             "frame_s": seconds,
+            "frame_events_s": followed,
+            "job_queued_s": statistics.median(queued),
+            "job_running_s": statistics.median(running),
             "jpeg_bytes": size,
             "render_process_peak_rss_mib": round(render_rss / 1024, 1),
             "import_s": import_seconds,
@@ -227,8 +276,14 @@ def main() -> None:
     import_case = f"import {len(obj) / 1e6:.0f} MB OBJ"
     figures = with_ratios(
         [
-            Figure(case, "raw moderngl", round(raw_frame, 3), "s/frame"),
-            Figure(case, "kiln async", round(kiln_frame, 3), "s/frame"),
+            Figure(case, "raw moderngl", round(raw_frame * 1000, 1), "ms/frame"),
+            Figure(case, "kiln async", round(kiln_frame * 1000, 1), "ms/frame"),
+            Figure(
+                case,
+                "kiln async+SSE",
+                round(statistics.median(measured["frame_events_s"]) * 1000, 1),
+                "ms/frame",
+            ),
         ],
         "raw moderngl",
     ) + with_ratios(
@@ -257,6 +312,8 @@ def main() -> None:
         {
             "raw": dict(raw),
             "kiln_frame_s": [round(s, 4) for s in measured["frame_s"]],
+            "kiln_job_queued_s_median": round(measured["job_queued_s"], 4),
+            "kiln_job_running_s_median": round(measured["job_running_s"], 4),
             "jpeg_bytes": measured["jpeg_bytes"],
             "render_process_peak_rss_mib": measured["render_process_peak_rss_mib"],
             "import_result": result,

@@ -51,6 +51,7 @@ import functools
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -341,9 +342,36 @@ def _factor(value: Any) -> tuple[float, float, float, float]:
     return (r, g, b, a)
 
 
+#: RGBA pixels of texture images already converted, while the image lives: a mesh drawn
+#: again (the render service keeps decoded meshes between jobs) skips the conversion, a
+#: fifth of a frame's preparation. PIL images are unhashable, so entries are keyed by id and
+#: hold a weak reference that confirms the identity; a finalizer drops the entry with the
+#: image, so the cache never keeps one alive.
+_PIXELS: dict[int, tuple[weakref.ref[Image.Image], npt.NDArray[np.uint8] | None]] = {}
+_PIXELS_LOCK = threading.Lock()
+
+
+def _forget_pixels(key: int) -> None:
+    with _PIXELS_LOCK:
+        _PIXELS.pop(key, None)
+
+
 def _texture_pixels(image: Any) -> npt.NDArray[np.uint8] | None:
     if not isinstance(image, Image.Image):
         return None
+    key = id(image)
+    with _PIXELS_LOCK:
+        entry = _PIXELS.get(key)
+    if entry is not None and entry[0]() is image:
+        return entry[1]
+    pixels = _convert_texture(image)
+    with _PIXELS_LOCK:
+        _PIXELS[key] = (weakref.ref(image), pixels)
+    weakref.finalize(image, _forget_pixels, key)
+    return pixels
+
+
+def _convert_texture(image: Image.Image) -> npt.NDArray[np.uint8] | None:
     try:
         if max(image.size) > MAX_TEXTURE_PX:
             image = image.copy()
