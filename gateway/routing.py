@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
@@ -128,6 +128,31 @@ class RequestContext:
             deadline=deadline if deadline is not None else self.gateway.call_timeout,
         )
         return reply.FromString(raw)
+
+    async def client_stream(
+        self,
+        service: str,
+        method: str,
+        messages: AsyncIterator[Message],
+        reply: type[M],
+        *,
+        deadline: float | None = None,
+    ) -> M:
+        """One client-streaming call (an upload: a header message, then chunks) to a Kiln
+        service with the caller's metadata, counted and timed like every upstream call."""
+        upstreams = self.gateway.upstreams
+        with upstreams.track(method, "client_stream"):
+            call = upstreams.channel(service).stream_unary(
+                method,
+                request_serializer=lambda message: message.SerializeToString(),
+                response_deserializer=reply.FromString,
+            )
+            answer: M = await call(
+                messages,
+                metadata=self.metadata(),
+                timeout=deadline if deadline is not None else self.gateway.call_timeout,
+            )
+        return answer
 
     async def read_body(self, limit: int | None = None) -> bytes:
         """The whole body, refused with 413 past `limit` (default: max_body_bytes)."""

@@ -27,7 +27,7 @@ request_id.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -201,24 +201,18 @@ async def upload_edit(context: RequestContext) -> Response:
 async def _stream_upload(
     context: RequestContext, header: render_pb2.EditUploadedImageRequest, upload: UploadFile
 ) -> render_pb2.EditUploadedImageResponse:
-    method_path = f"/{IMAGE_SERVICE}/EditUploadedImage"
-    upstreams = context.gateway.upstreams
-
-    async def messages() -> Any:
+    async def messages() -> AsyncIterator[render_pb2.EditUploadedImageRequest]:
         yield header
         while chunk := await upload.read(UPLOAD_CHUNK_BYTES):
             yield render_pb2.EditUploadedImageRequest(chunk=chunk)
 
-    with upstreams.track(method_path, "client_stream"):
-        method = upstreams.channel("render").stream_unary(
-            method_path,
-            request_serializer=render_pb2.EditUploadedImageRequest.SerializeToString,
-            response_deserializer=render_pb2.EditUploadedImageResponse.FromString,
-        )
-        reply: render_pb2.EditUploadedImageResponse = await method(
-            messages(), metadata=context.metadata(), timeout=EDIT_DEADLINE_SECONDS
-        )
-    return reply
+    return await context.client_stream(
+        "render",
+        f"/{IMAGE_SERVICE}/EditUploadedImage",
+        messages(),
+        render_pb2.EditUploadedImageResponse,
+        deadline=EDIT_DEADLINE_SECONDS,
+    )
 
 
 # --- batches --------------------------------------------------------------------------------

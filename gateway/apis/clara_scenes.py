@@ -140,13 +140,7 @@ async def _body_params(context: RequestContext) -> dict[str, str]:
     if not raw.strip():
         return {}
     if content_type.startswith("application/json"):
-        try:
-            decoded = json.loads(raw)
-        except ValueError as exc:
-            raise _malformed(f"the body is not valid JSON: {exc}") from None
-        if not isinstance(decoded, dict):
-            raise _malformed("the body must be a JSON object")
-        return {str(k): _text(v) for k, v in decoded.items()}
+        return {str(k): _text(v) for k, v in _json_object(raw).items()}
     if content_type.startswith("multipart/form-data"):
         form = await Request(context.request.scope, _replay(raw)).form(
             max_files=0, max_fields=MAX_IMPORT_FIELDS, max_part_size=MAX_FIELD_BYTES
@@ -160,6 +154,16 @@ async def _body_params(context: RequestContext) -> dict[str, str]:
     except (UnicodeDecodeError, ValueError):
         raise _malformed("the body is neither JSON nor a form") from None
     return dict(pairs)
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        decoded = json.loads(raw)
+    except ValueError as exc:
+        raise _malformed(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(decoded, dict):
+        raise _malformed("the body must be a JSON object")
+    return decoded
 
 
 def _replay(raw: bytes) -> Any:
@@ -253,15 +257,7 @@ async def _scene_body(context: RequestContext) -> dict[str, Any]:
     content_type = context.request.headers.get("content-type", "").lower()
     if content_type.startswith("application/json") or not content_type:
         raw = await context.read_body()
-        if not raw.strip():
-            return {}
-        try:
-            decoded = json.loads(raw)
-        except ValueError as exc:
-            raise _malformed(f"the body is not valid JSON: {exc}") from None
-        if not isinstance(decoded, dict):
-            raise _malformed("the body must be a JSON object")
-        return decoded
+        return _json_object(raw) if raw.strip() else {}
     return dict(await _body_params(context))
 
 
@@ -443,17 +439,13 @@ async def import_files(context: RequestContext) -> Response:
                 while chunk := await upload.read(UPLOAD_CHUNK_BYTES):
                     yield render_pb2.SubmitSceneImportRequest(chunk=chunk)
 
-        method_path = f"/{RENDER_SERVICE}/SubmitSceneImport"
-        upstreams = context.gateway.upstreams
-        with upstreams.track(method_path, "client_stream"):
-            method = upstreams.channel("render").stream_unary(
-                method_path,
-                request_serializer=render_pb2.SubmitSceneImportRequest.SerializeToString,
-                response_deserializer=render_pb2.SubmitSceneImportResponse.FromString,
-            )
-            reply: render_pb2.SubmitSceneImportResponse = await method(
-                messages(), metadata=context.metadata(), timeout=SYNC_WAIT_SECONDS
-            )
+        reply = await context.client_stream(
+            "render",
+            f"/{RENDER_SERVICE}/SubmitSceneImport",
+            messages(),
+            render_pb2.SubmitSceneImportResponse,
+            deadline=SYNC_WAIT_SECONDS,
+        )
     finally:
         await form.close()
     return await _finish(context, reply.job, wait=wait, output=False)

@@ -7,7 +7,6 @@ upload overwrites instead of duplicating.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import logging
@@ -25,6 +24,7 @@ from prometheus_client import Counter
 from services.objects.store import AssetRecord, AssetStore, DuplicateRequest
 from services.runtime.blob_keys import asset_key
 from services.runtime.errors import InvalidArgument, MissingField, NotFound, TooLarge
+from services.runtime.paging import decode_page_token, encode_page_token
 from services.runtime.storage import BlobStore
 
 log = logging.getLogger("kiln.objects.assets")
@@ -120,22 +120,6 @@ def kind_of(mime_type: str, file_name: str) -> str:
     return "other"
 
 
-def encode_page_token(record: AssetRecord) -> str:
-    raw = json.dumps([record.created_at.isoformat(), record.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_page_token(token: str) -> tuple[dt.datetime, str]:
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        created, asset_id = json.loads(base64.urlsafe_b64decode(padded))
-        return dt.datetime.fromisoformat(created), str(asset_id)
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgument(
-            "page_token is not one this server issued", field="page_token"
-        ) from exc
-
-
 class AssetCatalog:
     """Assets of every tenant: bytes in the blob store, records in the SQL store."""
 
@@ -228,7 +212,9 @@ class AssetCatalog:
         records = await self._store.list(tenant, limit=size + 1, after=after, kind=kind or None)
         more = len(records) > size
         records = records[:size]
-        return AssetPage(records, encode_page_token(records[-1]) if more else "")
+        return AssetPage(
+            records, encode_page_token(records[-1].created_at, records[-1].id) if more else ""
+        )
 
     async def delete(self, tenant: str, asset_id: str) -> None:
         record = await self.get(tenant, asset_id)

@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 import logging
 import re
 import uuid
@@ -36,6 +34,7 @@ from services.objects.store import AssetRecord
 from services.objects.transform import IDENTITY
 from services.runtime.blob_keys import asset_key
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.paging import decode_page_token, encode_page_token
 from services.runtime.storage import BlobStore
 
 log = logging.getLogger("kiln.objects.scenes")
@@ -99,21 +98,6 @@ def _check_fields(fields: SceneFields, names: Sequence[str]) -> dict[str, Any]:
         if values["license"] not in LICENSES:
             raise InvalidArgument(f"license must be one of: {', '.join(LICENSES)}", field="license")
     return values
-
-
-def _page_token(record: SceneRecord) -> str:
-    raw = json.dumps([record.created_at.isoformat(), record.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _after(token: str) -> tuple[dt.datetime, str]:
-    try:
-        created, scene_id = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        return dt.datetime.fromisoformat(created), str(scene_id)
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgument(
-            "page_token is not one this server issued", field="page_token"
-        ) from exc
 
 
 @dataclass(frozen=True)
@@ -182,11 +166,13 @@ class SceneCatalog:
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative", field="page_size")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = _after(page_token) if page_token else None
+        after = decode_page_token(page_token) if page_token else None
         records = await self._store.page(tenant, limit=size + 1, after=after, query=query)
         more = len(records) > size
         records = records[:size]
-        return records, _page_token(records[-1]) if more else ""
+        last = records[-1] if records else None
+        token = encode_page_token(last.created_at, last.id) if more and last else ""
+        return records, token
 
     async def update(
         self, tenant: str, scene_id: str, fields: SceneFields, names: Sequence[str]
