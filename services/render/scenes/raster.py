@@ -522,7 +522,8 @@ def encode(pixels: npt.NDArray[np.uint8], image_format: str) -> bytes:
     image = pyvips.Image.new_from_memory(
         np.ascontiguousarray(pixels).data, width, height, 3, "uchar"
     )
-    suffix = f".jpg[Q={JPEG_QUALITY}]" if image_format == "jpeg" else ".png"
+    # keep=none: a render has no metadata worth writing (libvips would add an EXIF block).
+    suffix = f".jpg[Q={JPEG_QUALITY},keep=none]" if image_format == "jpeg" else ".png[keep=none]"
     data = image.write_to_buffer(suffix)
     assert isinstance(data, bytes)
     return data
