@@ -58,6 +58,7 @@ lint: protos
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) -m deploy.local.configdoc --check
+	$(PY) -m gateway.apis.sidefx_docs --check
 	cd protos && ../$(VENV)/bin/buf lint && ../$(VENV)/bin/buf format --exit-code -d
 
 fmt: $(STAMP)
@@ -70,8 +71,9 @@ bench: protos
 
 # docs/configuration.md is generated from services/runtime/config.py; lint and a test fail when
 # the committed page is stale.
-docs-config: $(STAMP)
+docs-config: protos
 	@$(PY) -m deploy.local.configdoc --write
+	@$(PY) -m gateway.apis.sidefx_docs --write
 
 clean:
 	rm -rf $(GEN) .pytest_cache .mypy_cache .ruff_cache

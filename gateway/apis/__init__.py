@@ -13,6 +13,7 @@ from gateway.apis import (
     oauth2,
     scenario,
     scenario_archive,
+    sidefx,
 )
 from gateway.apis.registry import ApiModule
 
@@ -27,6 +28,7 @@ DEFAULT_APIS: tuple[ApiModule, ...] = (
     claid.API,
     claid_edit.API,
     clyman.API,
+    sidefx.API,
 )
 
 __all__ = ["DEFAULT_APIS", "ApiModule"]
