@@ -27,7 +27,7 @@ from gateway.errors import ApiError, ErrorShapes, RenderedError
 from gateway.jsonpb import json_response
 from gateway.routing import Endpoint, RequestContext, endpoint, limited_request
 
-PATH = "/api/"
+PATH = "/api"
 MAX_FILES = 64
 MAX_FIELD_BYTES = 8 * 1024 * 1024
 
@@ -150,6 +150,7 @@ def register_shapes(shapes: ErrorShapes) -> None:
 
 
 def endpoints() -> list[Endpoint]:
+    # The trailing slash of SideFX's /api/ is accepted like every route's.
     return [endpoint("POST", PATH, rpc_call, name="sidefx.Call")]
 
 
