@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.errors import ErrorShapes
 from gateway.identity import Authenticator, ClientStore
+from gateway.limits import RateLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.upstream import Upstreams
 from services.runtime import db
@@ -66,6 +67,7 @@ class Gateway:
         self.upstreams = Upstreams(config.targets, metrics)
         self._engine: AsyncEngine | None = None
         self._authenticator: Authenticator | None = None
+        self._limiter: RateLimiter | None = None
 
     @property
     def call_timeout(self) -> float:
@@ -77,6 +79,13 @@ class Gateway:
         if self._authenticator is None:
             raise RuntimeError("the gateway is not started (its lifespan did not run)")
         return self._authenticator
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """Per-client rate limits; exists between start() and stop()."""
+        if self._limiter is None:
+            raise RuntimeError("the gateway is not started (its lifespan did not run)")
+        return self._limiter
 
     @property
     def clients(self) -> ClientStore:
@@ -111,6 +120,11 @@ class Gateway:
             clients,
             internal_ttl_seconds=self.limits.internal_token_ttl,
         )
+        self._limiter = RateLimiter(
+            clients,
+            per_second=self.config.rate_limit_per_second,
+            burst=self.config.rate_limit_burst,
+        )
         await self.upstreams.open()
         log.info(
             "gateway started",
@@ -127,3 +141,4 @@ class Gateway:
             await self._engine.dispose()
         self._engine = None
         self._authenticator = None
+        self._limiter = None

@@ -294,6 +294,11 @@ class GatewayRoute(BaseRoute):
                 context.caller = caller
                 scope[SCOPE_TENANT] = caller.principal.tenant
                 principal_var.set(caller.principal)
+                admission = await self.gateway.limiter.admit(caller)
+                response = await chosen.handler(context)
+                if admission is not None:
+                    response.headers.update(admission.headers())
+                return response
             return await chosen.handler(context)
         except ApiError as exc:
             return self._render(exc, chosen, request)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, DateTime, String
+from sqlalchemy import Boolean, DateTime, Float, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -24,3 +24,6 @@ class ApiClientRow(Base):
     scopes: Mapped[str] = mapped_column(String(1024), nullable=False, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     disabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # The client's own rate limit; NULL: the gateway's default (KILN_RATE_LIMIT_*).
+    rate_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rate_burst: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -41,6 +41,10 @@ class ApiClient:
     scopes: frozenset[str]
     created_at: dt.datetime
     disabled: bool
+    rate_per_second: float | None = None
+    """Its own sustained request rate; None: the gateway's default."""
+    rate_burst: int | None = None
+    """Its own burst (bucket size); None: the gateway's default."""
 
 
 class ClientExists(Exception):
@@ -64,6 +68,8 @@ def _to_client(row: ApiClientRow) -> ApiClient:
         scopes=frozenset(row.scopes.split()),
         created_at=created_at,
         disabled=row.disabled,
+        rate_per_second=row.rate_per_second,
+        rate_burst=row.rate_burst,
     )
 
 
@@ -178,6 +184,22 @@ class ClientStore:
                 extra={"client_id": client_id, "tenant": row.tenant, "configured": tenant},
             )
         return _to_client(row)
+
+    async def set_rate_limit(
+        self, client_id: str, per_second: float | None, burst: int | None
+    ) -> None:
+        """Gives the client its own rate limit (None, None: back to the gateway's default)."""
+        if (per_second is None) != (burst is None):
+            raise InvalidArgument("set both the rate and the burst, or neither", field="rate")
+        if per_second is not None and burst is not None and (per_second <= 0 or burst < 1):
+            raise InvalidArgument("the rate must be > 0 and the burst at least 1", field="rate")
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(ApiClientRow)
+                .where(ApiClientRow.client_id == client_id)
+                .values(rate_per_second=per_second, rate_burst=burst)
+            )
+        self.forget(client_id)
 
     async def set_disabled(self, client_id: str, disabled: bool) -> None:
         """Disables (or re-enables) a client; its cached verification goes at once."""

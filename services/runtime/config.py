@@ -9,6 +9,7 @@ Nothing else in Kiln reads `os.environ` for settings.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -330,6 +331,11 @@ class GatewayConfig:
     clyman_anonymous_tenant: str = ""
     """Tenant a CLyman request without credentials acts as (KILN_CLYMAN_ANONYMOUS_TENANT);
     empty: CLyman's routes require credentials like every other."""
+    rate_limit_per_second: float = 0.0
+    """Default sustained requests per second of one API client in one gateway replica
+    (KILN_RATE_LIMIT_PER_SECOND; 0: no limit). A client's own limit replaces it."""
+    rate_limit_burst: int = 0
+    """Default burst (requests at once) of one API client (KILN_RATE_LIMIT_BURST)."""
 
 
 # Variables outside the dataclasses above whose names are built per service, documented here so
@@ -358,6 +364,16 @@ GENERAL_VARIABLES: tuple[tuple[str, str, str], ...] = (
         "API-client store of the gateway.",
     ),
     ("KILN_DESCRIPTOR_SET", "gen/kiln.binpb", "Descriptor set the gateway builds routes from."),
+    (
+        "KILN_RATE_LIMIT_PER_SECOND",
+        "0 (off)",
+        "Default requests per second of one API client, per gateway replica.",
+    ),
+    (
+        "KILN_RATE_LIMIT_BURST",
+        "the rate, rounded up",
+        "Default burst of one API client (requests at once).",
+    ),
     ("KILN_MAX_BODY_BYTES", "8388608", "Largest JSON body the gateway accepts."),
     ("KILN_MAX_UPLOAD_BYTES", "5368709120", "Largest file a multipart upload may carry."),
     (
@@ -630,6 +646,12 @@ def load_gateway_config(environ: Mapping[str, str] | None = None) -> GatewayConf
     env = _Env(os.environ if environ is None else environ)
     data_dir = _data_dir(env)
     level, fmt = _validate_log(env)
+    rate = env.number("KILN_RATE_LIMIT_PER_SECOND", 0.0)
+    burst = env.integer("KILN_RATE_LIMIT_BURST", max(1, math.ceil(rate)) if rate > 0 else 0)
+    if rate < 0 or burst < 0 or (rate > 0 and burst < 1):
+        raise ConfigError(
+            "KILN_RATE_LIMIT_PER_SECOND must be >= 0 (0: off) and KILN_RATE_LIMIT_BURST >= 1"
+        )
     return GatewayConfig(
         host=env.text("KILN_GATEWAY_HOST", "127.0.0.1"),
         port=env.integer("KILN_GATEWAY_PORT", 8080),
@@ -650,4 +672,6 @@ def load_gateway_config(environ: Mapping[str, str] | None = None) -> GatewayConf
         log_level=level,
         log_format=fmt,
         clyman_anonymous_tenant=env.text("KILN_CLYMAN_ANONYMOUS_TENANT", "").strip(),
+        rate_limit_per_second=rate,
+        rate_limit_burst=burst,
     )
