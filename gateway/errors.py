@@ -151,6 +151,12 @@ class ApiError(Exception):
         if code == grpc.StatusCode.UNAUTHENTICATED:
             # The gateway always forwards a token, so the service refused the one sent.
             headers["WWW-Authenticate"] = 'Bearer realm="kiln", error="invalid_token"'
+        elif reason == "ERROR_REASON_INSUFFICIENT_SCOPE":
+            # RFC 6750 §3.1: name the scope the call needs.
+            scope = metadata.get("scope", "")
+            headers["WWW-Authenticate"] = (
+                f'Bearer realm="kiln", error="insufficient_scope", scope="{scope}"'
+            )
         return cls(
             code,
             message,

@@ -22,6 +22,7 @@ from gateway.errors import ApiError, ErrorShapes, oauth2_shape
 from gateway.identity import ApiClient, invalid_client, split_authorization
 from gateway.jsonpb import json_response
 from gateway.routing import Endpoint, RequestContext, endpoint
+from services.runtime.auth import WORKER_SCOPE
 
 PREFIX = "/oauth2"
 _MAX_FORM_BYTES = 16 * 1024
@@ -74,7 +75,10 @@ def _granted(client: ApiClient, requested: str | None) -> frozenset[str]:
     if requested is None or not requested.strip():
         return client.scopes
     wanted = frozenset(requested.split())
-    if "*" in client.scopes or wanted <= client.scopes:
+    # `*` grants every scope but the worker's: a worker token acts for any tenant's jobs, so
+    # only a client granted it by name may ask for it.
+    extra = wanted - client.scopes
+    if not extra or ("*" in client.scopes and WORKER_SCOPE not in extra):
         return wanted
     raise ApiError(
         grpc.StatusCode.INVALID_ARGUMENT,

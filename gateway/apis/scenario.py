@@ -245,8 +245,9 @@ class _Upload:
     async def _write(self, message: Any) -> None:
         try:
             await self.call.write(message)
-        except asyncio.InvalidStateError:
-            # The service ended the call early (it refused the upload): raise its status.
+        except (asyncio.InvalidStateError, grpc.aio.AioRpcError, grpc.aio.UsageError):
+            # The service ended the call early (it refused the upload): raise its status,
+            # which the call carries whichever way the write found out.
             await self.call
             raise ApiError(grpc.StatusCode.INTERNAL, "the upload ended early") from None
 

@@ -5,7 +5,8 @@
    and KilnError → gRPC status with ErrorInfo; unexpected exceptions become INTERNAL without
    leaking their text.
 3. `AuthInterceptor`: verifies the Bearer token on every call except health and reflection,
-   and puts the caller in the context for the handler.
+   checks it holds the scope the method needs (`runtime.scopes`: PERMISSION_DENIED with
+   INSUFFICIENT_SCOPE otherwise), and puts the caller in the context for the handler.
 
 Each interceptor wraps a method's handler once and reuses the wrapped handler for every later
 call (per-call state comes from the ServicerContext), so the cost per RPC is a dictionary
@@ -24,9 +25,10 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Histogram
 
-from services.runtime.auth import TokenVerifier
+from services.runtime.auth import WORKER_SCOPE, TokenVerifier
 from services.runtime.context import principal_var, request_id_var
-from services.runtime.errors import AuthError, KilnError, MissingCredentials
+from services.runtime.errors import AuthError, KilnError, MissingCredentials, PermissionDenied
+from services.runtime.scopes import required_scopes
 from services.runtime.status import to_status
 
 log = logging.getLogger("kiln.rpc")
@@ -282,17 +284,29 @@ class AuthInterceptor(_WrappingInterceptor):
     def applies_to(self, method: str) -> bool:
         return not method.startswith(UNAUTHENTICATED_PREFIXES)
 
-    def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
+    def _authenticate(self, context: grpc.aio.ServicerContext, required: tuple[str, ...]) -> None:
         header = _metadata(context, "authorization")
         if not header:
             raise MissingCredentials("missing credentials: send 'authorization: Bearer <token>'")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("authorization must be 'Bearer <token>'")
-        principal_var.set(self._verifier.verify(token.strip()))
+        principal = self._verifier.verify(token.strip())
+        if required and not any(
+            principal.has_scope(s) if s != WORKER_SCOPE else principal.is_worker for s in required
+        ):
+            raise PermissionDenied(
+                f"the token lacks the scope this call needs: {' or '.join(required)}",
+                metadata={"scope": required[0]},
+            )
+        principal_var.set(principal)
 
     def wrap(self, behavior: Behavior, streaming: bool, method: str, rpc_type: str) -> Behavior:
-        authenticate = self._authenticate
+        required = required_scopes(method)
+
+        def authenticate(context: grpc.aio.ServicerContext) -> None:
+            self._authenticate(context, required)
+
         if streaming:
 
             async def streamed(
