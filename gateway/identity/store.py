@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -184,6 +184,24 @@ class ClientStore:
                 extra={"client_id": client_id, "tenant": row.tenant, "configured": tenant},
             )
         return _to_client(row)
+
+    async def list_clients(self, tenant: str | None = None) -> list[ApiClient]:
+        """Every client (of one tenant, when given), by id."""
+        query = select(ApiClientRow).order_by(ApiClientRow.client_id)
+        if tenant is not None:
+            query = query.where(ApiClientRow.tenant == tenant)
+        async with self._sessions() as session:
+            return [_to_client(row) for row in await session.scalars(query)]
+
+    async def delete(self, client_id: str) -> bool:
+        """Removes a client; its tokens stop working when they expire (they are not revoked:
+        disable it first for an immediate stop of Basic credentials). False when unknown."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                delete(ApiClientRow).where(ApiClientRow.client_id == client_id)
+            )
+        self.forget(client_id)
+        return bool(getattr(result, "rowcount", 0))
 
     async def set_rate_limit(
         self, client_id: str, per_second: float | None, burst: int | None
