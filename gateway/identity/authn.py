@@ -110,6 +110,10 @@ class _Minted:
     expires_at: float
 
 
+#: How long a client's disabled flag is trusted before a Bearer call reads it again.
+DISABLED_CHECK_SECONDS = 10.0
+
+
 class Authenticator:
     """Turns an Authorization header into a Caller, or raises a 401 ApiError."""
 
@@ -131,6 +135,7 @@ class Authenticator:
         self._clock = clock
         # Keyed by (client_id, tenant): the anonymous client id is shared by every tenant.
         self._minted: dict[tuple[str, str], _Minted] = {}
+        self._disabled_checked: dict[str, tuple[bool, float]] = {}
 
     async def authenticate(
         self, authorization: str | None, *, anonymous_tenant: str = ""
@@ -154,6 +159,8 @@ class Authenticator:
                 raise invalid_token("token expired", expired=True) from None
             except AuthError as exc:
                 raise invalid_token(exc.message) from None
+            if await self._disabled(principal.client_id):
+                raise invalid_token("the client of this token is disabled")
             return Caller(principal=principal, token=credentials)
         if scheme == "basic":
             client = await self.client_from_basic(credentials)
@@ -179,6 +186,21 @@ class Authenticator:
         return self.signer.issue(
             client_id=client.client_id, tenant=client.tenant, scopes=granted, now=self._clock()
         )
+
+    async def _disabled(self, client_id: str) -> bool:
+        """Whether the token's client has been disabled since it was issued, read again at
+        most every DISABLED_CHECK_SECONDS, so `kiln clients disable` stops its tokens within
+        that period rather than at their expiry."""
+        now = self._clock()
+        known = self._disabled_checked.get(client_id)
+        if known is not None and known[1] > now:
+            return known[0]
+        client = await self.clients.get(client_id)
+        disabled = client is not None and client.disabled
+        if len(self._disabled_checked) > 10_000:
+            self._disabled_checked.clear()
+        self._disabled_checked[client_id] = (disabled, now + DISABLED_CHECK_SECONDS)
+        return disabled
 
     def anonymous(self, tenant: str) -> Caller:
         """The caller of a request without credentials on a route open to `tenant`.

@@ -356,6 +356,11 @@ async def test_disabled_client_gets_no_token(
         "/oauth2/application_token", headers=basic("temp-client", "temp-secret")
     )
     assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+    # A token issued before the client was disabled stops working too.
+    issued = {"Authorization": f"Bearer {ok.json()['access_token']}"}
+    stale = await gw_client.get("/v1/echo/x", headers=issued)
+    assert stale.status_code == 401
+    assert "disabled" in stale.json()["message"]
 
 
 async def test_oversized_token_request_is_413_in_the_oauth2_shape(
