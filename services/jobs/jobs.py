@@ -139,6 +139,7 @@ class JobQueue:
         self._hot = hot_path
         self._signals = signals
         self._config = config
+        self._caps = config.tenant_caps()
         self._blobs = blobs
         self._clock = clock
         self._creates: GroupCommit[NewJob, JobRecord] = GroupCommit(self._create_batch)
@@ -402,6 +403,20 @@ class JobQueue:
             "worker": worker[:128],
             "now": now,
         }
+        caps = {kind: self._caps[kind] for kind in kinds if kind in self._caps}
+        if caps:
+            # One job per claim: the running counts the cap is checked against are read
+            # before the claim, so a batch could start several of one tenant's jobs at once.
+            # Capped kinds are the expensive ones; the general statement serves them.
+            arguments["limit"] = 1
+            async with self._engine.begin() as conn:
+                claimed = await store.claim(conn, **arguments, caps=caps)
+                if claimed and self._hot is None:
+                    await self._signals.announce(conn, job_ids=[r.id for r in claimed])
+            if claimed and self._hot is not None:
+                # As the hot path's own claims do (its notifications go through its pool).
+                self._signals.publish(job_ids=[r.id for r in claimed])
+            return claimed
         if self._hot is not None:
             claimed = await self._hot.claim(**arguments)
             self._signals.publish(job_ids=[r.id for r in claimed])

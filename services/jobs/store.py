@@ -325,11 +325,29 @@ async def claim(
     lease_seconds: float,
     worker: str,
     now: float,
+    caps: Mapping[str, int] | None = None,
 ) -> list[JobRecord]:
-    """Leases up to `limit` due queued jobs of `kinds`, oldest first."""
+    """Leases up to `limit` due queued jobs of `kinds`, oldest first. With `caps` (kind → most
+    running jobs per tenant), a tenant's job of a capped kind is skipped while the tenant
+    has that many of the kind running."""
+    conditions = [jobs.c.status == QUEUED, jobs.c.kind.in_(list(kinds)), jobs.c.run_after <= now]
+    if caps:
+        peer = jobs.alias("peer")
+        running = (
+            sa.select(sa.func.count())
+            .select_from(peer)
+            .where(
+                peer.c.status == RUNNING,
+                peer.c.tenant == jobs.c.tenant,
+                peer.c.kind == jobs.c.kind,
+            )
+            .scalar_subquery()
+        )
+        cap = sa.case(*((jobs.c.kind == kind, n) for kind, n in caps.items()), else_=None)
+        conditions.append(sa.or_(jobs.c.kind.not_in(list(caps)), running < cap))
     due = (
         sa.select(jobs.c.seq)
-        .where(jobs.c.status == QUEUED, jobs.c.kind.in_(list(kinds)), jobs.c.run_after <= now)
+        .where(*conditions)
         .order_by(jobs.c.seq)
         .limit(limit)
         .with_for_update(skip_locked=True)

@@ -121,6 +121,29 @@ class JobsConfig:
     )
     """How often, in seconds, each replica requeues jobs whose lease expired (and, a hundred
     times less often, purges jobs past their retention)."""
+    tenant_concurrency: str = _env_field(
+        "KILN_JOBS_TENANT_CONCURRENCY",
+        "scene.import=4,scene.export=4,scene.render=4,archive.create=4,image.edit_batch=4",
+        "Most running jobs of one tenant per expensive kind (kind=N, comma-separated).",
+    )
+    """Most jobs of one kind one tenant may have running at once, as `kind=N` pairs separated
+    by commas (empty: no caps). Further jobs of that tenant wait queued while other tenants'
+    jobs run, so one tenant's burst cannot take every worker. The cap is read when a job is
+    leased; workers leasing at the same instant on PostgreSQL may each start one more."""
+
+    def tenant_caps(self) -> dict[str, int]:
+        """`tenant_concurrency` parsed: kind → most running jobs per tenant."""
+        caps: dict[str, int] = {}
+        for item in self.tenant_concurrency.split(","):
+            if not item.strip():
+                continue
+            kind, _, number = item.partition("=")
+            if not kind.strip() or not number.strip().isdigit() or int(number) < 1:
+                raise ConfigError(
+                    f"KILN_JOBS_TENANT_CONCURRENCY: {item.strip()!r} is not kind=N with N >= 1"
+                )
+            caps[kind.strip()] = int(number)
+        return caps
 
 
 @dataclass(frozen=True)
@@ -609,6 +632,7 @@ def _validate_jobs(jobs: JobsConfig) -> None:
         raise ConfigError("KILN_JOBS_RETENTION_SECONDS must be >= 0")
     if jobs.reap_interval_seconds <= 0:
         raise ConfigError("KILN_JOBS_REAP_INTERVAL_SECONDS must be > 0")
+    jobs.tenant_caps()
 
 
 def _validate_worker(worker: WorkerConfig) -> None:

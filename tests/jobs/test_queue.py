@@ -356,3 +356,39 @@ async def test_completions_in_one_call_each_have_their_own_outcome(queue: JobQue
     assert isinstance(outcomes[2], LeaseLost)
     assert isinstance(outcomes[3], InvalidArgument)
     assert isinstance(outcomes[4], JobRecord) and outcomes[4].result == {"n": 2}
+
+
+async def test_a_tenant_cap_holds_its_jobs_while_others_run(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    capped = replace(FAST, tenant_concurrency="test.heavy=1")
+    queue, signals = await open_queue(engine, database_url, capped)
+    try:
+        first = await queue.create("tenant-a", kind="test.heavy", params={"n": 1})
+        second = await queue.create("tenant-a", kind="test.heavy", params={"n": 2})
+        other = await queue.create("tenant-b", kind="test.heavy", params={"n": 3})
+        free = await queue.create("tenant-a", kind="test.light", params={})
+
+        async def lease(kind: str) -> list[str]:
+            records, _ = await queue.lease(
+                kinds=[kind], max_jobs=10, lease_seconds=30, wait_seconds=0, worker="w"
+            )
+            return [r.id for r in records]
+
+        assert await lease("test.heavy") == [first.id]  # one per claim for a capped kind
+        assert await lease("test.heavy") == [other.id]  # A is at its cap; B is not
+        assert await lease("test.heavy") == []  # A's second waits
+        assert await lease("test.light") == [free.id]  # uncapped kinds are not held
+        running = await queue.get("tenant-a", job_id=first.id)
+        await queue.complete(first.id, running.lease_id, result={}, outputs=[])
+        assert await lease("test.heavy") == [second.id]  # A's slot freed
+    finally:
+        await queue.close()
+        await signals.close()
+
+
+def test_tenant_caps_are_checked() -> None:
+    assert JobsConfig(tenant_concurrency="a=1, b = 2,").tenant_caps() == {"a": 1, "b": 2}
+    for bad in ("a", "a=0", "=3", "a=x"):
+        with pytest.raises(Exception, match="KILN_JOBS_TENANT_CONCURRENCY"):
+            JobsConfig(tenant_concurrency=bad).tenant_caps()
