@@ -86,6 +86,12 @@ async def test_a_read_token_reads_and_cannot_write(rig: Rig) -> None:
     assert sidefx.headers["content-type"].startswith("text/plain")
     jobs = await rig.http.get("/v1/jobs/job_0000000000000000000000000", headers=read)
     insufficient(jobs, "jobs.read")
+    clyman = await rig.http.post("/v1/object", headers=read, json={"objects": [{"name": "n"}]})
+    insufficient(clyman, "objects.write")
+    assert "err_code" in clyman.json()
+    claid = await rig.http.get("/v1/storage/storages", headers=read)
+    insufficient(claid, "render.read")
+    assert claid.json()["error_type"] == "general" and claid.json()["error_code"] == "403"
 
 
 async def test_a_write_token_also_reads(rig: Rig) -> None:

@@ -190,6 +190,11 @@ async def test_malformed_posts_and_credentials(rig: Rig) -> None:
         response = await rig.http.post("/api/", **kwargs)
         assert response.status_code == status, (kwargs, response.text)
         assert response.headers["content-type"].startswith("text/plain")
+    # A form body over KILN_MAX_BODY_BYTES (8 MiB) is refused before it is read whole.
+    huge = await rig.http.post(
+        "/api/", headers=headers, data={"json": json.dumps(["jobs.get", ["x" * (9 << 20)]])}
+    )
+    assert huge.status_code == 413 and huge.headers["content-type"].startswith("text/plain")
     # A file and a JSON keyword of the same name.
     clash = await rig.http.post(
         "/api/",
