@@ -26,10 +26,8 @@ render of a scene without objects), 413 an import over the upload limit.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import time
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -333,37 +331,6 @@ async def delete_scene(context: RequestContext) -> Response:
 # --- jobs: async, sync, events --------------------------------------------------------------
 
 
-async def _wait(context: RequestContext, job: jobs_pb2.Job) -> jobs_pb2.Job:
-    """The job once it has ended, or as it stands after SYNC_WAIT_SECONDS."""
-    deadline = time.monotonic() + SYNC_WAIT_SECONDS
-    upstreams = context.gateway.upstreams
-    method = jobs_views.WATCH_METHOD
-    latest = job
-    with upstreams.track(method, "server_stream"):
-        call = upstreams.server_stream(
-            "jobs",
-            method,
-            jobs_pb2.WatchJobRequest(job_id=job.id).SerializeToString(),
-            metadata=context.metadata(),
-        )
-        try:
-            while latest.status not in TERMINAL:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    raw = await asyncio.wait_for(call.read(), timeout=left)
-                except TimeoutError:
-                    break
-                if raw is grpc.aio.EOF:
-                    break
-                assert isinstance(raw, bytes)
-                latest = jobs_pb2.WatchJobResponse.FromString(raw).job
-        finally:
-            call.cancel()
-    return latest
-
-
 async def _finish(
     context: RequestContext, job: jobs_pb2.Job, *, wait: bool, output: bool, url: bool = False
 ) -> Response:
@@ -372,7 +339,7 @@ async def _finish(
         return clara.accepted(context, job)
     if clara.wants_events(context.request):
         return await clara.job_events(context, job.id)
-    job = await _wait(context, job)
+    job = await jobs_views.wait_for_job(context, job, SYNC_WAIT_SECONDS)
     if job.status not in TERMINAL:
         return clara.accepted(context, job)
     body = clara.job_json(context.request, job)

@@ -10,8 +10,10 @@ archives) answer their accepted responses with exactly the view the job routes a
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -291,6 +293,33 @@ async def get_job(context: RequestContext, *, job_id: str = "", seq_id: int = 0)
         request = jobs_pb2.GetJobRequest(seq_id=seq_id)
     reply = await _unary(context, _GET, request, jobs_pb2.GetJobResponse)
     job: jobs_pb2.Job = reply.job
+    return job
+
+
+async def wait_for_job(context: RequestContext, job: jobs_pb2.Job, seconds: float) -> jobs_pb2.Job:
+    """The job once it has ended, or as it stands after `seconds`: followed with WatchJob,
+    so the answer comes the moment the job ends, with no polling."""
+    deadline = time.monotonic() + seconds
+    upstreams = context.gateway.upstreams
+    with upstreams.track(WATCH_METHOD, "server_stream"):
+        call = upstreams.server_stream(
+            "jobs",
+            WATCH_METHOD,
+            jobs_pb2.WatchJobRequest(job_id=job.id).SerializeToString(),
+            metadata=context.metadata(),
+        )
+        try:
+            while job.status not in TERMINAL and (left := deadline - time.monotonic()) > 0:
+                try:
+                    raw = await asyncio.wait_for(call.read(), timeout=left)
+                except TimeoutError:
+                    break
+                if raw is grpc.aio.EOF:
+                    break
+                assert isinstance(raw, bytes)
+                job = jobs_pb2.WatchJobResponse.FromString(raw).job
+        finally:
+            call.cancel()
     return job
 
 

@@ -15,9 +15,7 @@ run by `make docs-config`; `make lint` fails when it is stale).
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-import time
 import types
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -29,14 +27,12 @@ import httpx
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 from kiln.archive.v1 import archive_pb2
-from kiln.jobs.v1 import jobs_pb2
 from kiln.objects.v1 import assets_pb2, objects_pb2, scenes_pb2
 from kiln.render.v1 import render_pb2
 from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
 from gateway.apis import clara, jobs_views
-from gateway.apis.jobs_views import TERMINAL
 from gateway.errors import ApiError
 from gateway.routing import RequestContext
 
@@ -554,27 +550,7 @@ async def jobs_wait(
     if not 0 <= timeout <= MAX_WAIT_SECONDS:
         raise RpcCallError(f"jobs.wait(): timeout must be 0 to {MAX_WAIT_SECONDS:.0f} seconds")
     job = await jobs_views.get_job(context, job_id=job_id)
-    deadline = time.monotonic() + timeout
-    upstreams = context.gateway.upstreams
-    with upstreams.track(jobs_views.WATCH_METHOD, "server_stream"):
-        stream = upstreams.server_stream(
-            "jobs",
-            jobs_views.WATCH_METHOD,
-            jobs_pb2.WatchJobRequest(job_id=job.id).SerializeToString(),
-            metadata=context.metadata(),
-        )
-        try:
-            while job.status not in TERMINAL and (left := deadline - time.monotonic()) > 0:
-                try:
-                    raw = await asyncio.wait_for(stream.read(), timeout=left)
-                except TimeoutError:
-                    break
-                if raw is grpc.aio.EOF:
-                    break
-                assert isinstance(raw, bytes)
-                job = jobs_pb2.WatchJobResponse.FromString(raw).job
-        finally:
-            stream.cancel()
+    job = await jobs_views.wait_for_job(context, job, timeout)
     return _json(job)
 
 

@@ -26,6 +26,7 @@ from services.render.scene_jobs import EXPORT_KIND, IMPORT_KIND, RENDER_KIND, Re
 from services.render.scenes.exporting import ExportRefused, check_export
 from services.render.scenes.importing import (
     MODEL_EXTENSIONS,
+    extension_of,
     safe_file_stem,
     unique_file_name,
 )
@@ -46,18 +47,7 @@ def plain_file_name(raw: str, taken: set[str]) -> str:
         stem, extension = name, ""
     stem = safe_file_stem(stem, default="file", max_length=100)
     extension = safe_file_stem(extension, default="", max_length=16)
-    if extension:
-        return unique_file_name(stem, extension, taken)
-    candidate, number = stem, 1
-    while candidate.lower() in taken:
-        number += 1
-        candidate = f"{stem}-{number}"
-    taken.add(candidate.lower())
-    return candidate
-
-
-def _extension(name: str) -> str:
-    return PurePosixPath(name).suffix.lower().lstrip(".")
+    return unique_file_name(stem, extension, taken)
 
 
 def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
@@ -96,7 +86,7 @@ class RenderServicer(render_pb2_grpc.RenderServiceServicer):
             await self._receive_files(request_iterator, tenant, scope, files)
             if not files:
                 raise MissingField("the import carries no files", field="file")
-            if not any(_extension(f["name"]) in MODEL_EXTENSIONS for f in files):
+            if not any(extension_of(f["name"]) in MODEL_EXTENSIONS for f in files):
                 raise InvalidArgument(
                     "the import holds no model file; Kiln imports "
                     + ", ".join(MODEL_EXTENSIONS)

@@ -201,14 +201,15 @@ def safe_file_stem(name: str, default: str = "object", max_length: int = 64) -> 
 
 
 def unique_file_name(stem: str, extension: str, taken: set[str]) -> str:
-    """`stem.extension`, or `stem-2.extension`, `stem-3.extension`…, whichever is not in
-    `taken` (compared without case, as case-insensitive file systems and zip tools do); the
-    name is added to `taken`."""
-    name = f"{stem}.{extension}"
+    """`stem.extension` (`stem` when there is no extension), or `stem-2.extension`, …,
+    whichever is not in `taken` (compared without case, as case-insensitive file systems and
+    zip tools do); the name is added to `taken`."""
+    suffix = f".{extension}" if extension else ""
+    name = f"{stem}{suffix}"
     number = 1
     while name.lower() in taken:
         number += 1
-        name = f"{stem}-{number}.{extension}"
+        name = f"{stem}-{number}{suffix}"
     taken.add(name.lower())
     return name
 
