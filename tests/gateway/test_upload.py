@@ -51,6 +51,10 @@ class RecordingAssets(assets_pb2_grpc.AssetServiceServicer):
                 session.messages.append(message)
                 if message.WhichOneof("part") == "chunk":
                     session.first_chunk.set()
+            # The real service stores the file after the stream ends (S3, then SQL): a
+            # cancellation that raced the end of the stream reaches it there. Without this
+            # await, a cancel arriving as the stream's end would count as a finished upload.
+            await asyncio.sleep(0.05)
         except asyncio.CancelledError:
             session.cancelled = True
             raise
