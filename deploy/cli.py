@@ -1,6 +1,7 @@
-"""The `kiln` command's entry point: puts the generated protobuf package (`gen/`, made by
-`make protos`) on the import path, then runs the command. (The gateway package imports the
-generated code as it loads, so the entry point cannot live inside it.)"""
+"""The `kiln` command's entry point: `kiln clients …` (operators: the gateway's client store,
+`gateway.admin`) or a user command on the public API (`kiln_sdk.cli`). For the operator
+commands it puts the generated protobuf package (`gen/`, made by `make protos`) on the import
+path first: the gateway package imports it as it loads."""
 
 from __future__ import annotations
 
@@ -12,11 +13,16 @@ GEN = Path(__file__).resolve().parents[1] / "gen"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] != ["clients"]:
+        from kiln_sdk.cli import main as user_command
+
+        return user_command(arguments)
     if GEN.is_dir() and str(GEN) not in sys.path:
         sys.path.insert(0, str(GEN))
     from gateway.admin import main as run
 
-    return run(argv)
+    return run(arguments)
 
 
 if __name__ == "__main__":
