@@ -9,11 +9,12 @@ GEN := gen
 PROTO_FILES := $(shell find protos/kiln -name '*.proto' | sort)
 export PYTHONPATH := $(CURDIR)/$(GEN):$(CURDIR)
 
-.PHONY: help bootstrap protos up start down test lint fmt bench docs-config clean
+.PHONY: help bootstrap protos up start down demo test lint fmt bench docs-config clean
 
 help:
 	@echo "make up           start the whole suite in the foreground (Ctrl-C stops it)"
 	@echo "make up DETACH=1  the same in the background (also: make start); make down stops it"
+	@echo "make demo         a tour of every API against the suite make up runs"
 	@echo "make test         run the test suite (PYTEST_ARGS=... to narrow it)"
 	@echo "make lint         ruff, mypy, the configuration page check, buf lint, buf format"
 	@echo "make fmt          ruff format and fixes, buf format"
@@ -49,6 +50,10 @@ start:
 
 down: $(STAMP)
 	@$(PY) -m deploy.local.launcher --stop
+
+# Runs against the suite `make up` started (same KILN_* variables); DEMO_ARGS=--json etc.
+demo: protos
+	@$(PY) -m deploy.local.demo $(DEMO_ARGS)
 
 test: protos
 	@$(PY) -m pytest $(PYTEST_ARGS)

@@ -12,10 +12,12 @@
 
 from kiln_sdk._client import AsyncClient, Client, RetryPolicy
 from kiln_sdk._errors import (
+    ApiError,
     BadRequest,
     Conflict,
     Forbidden,
     JobCanceled,
+    JobError,
     JobFailed,
     KilnError,
     NotFound,
@@ -27,12 +29,14 @@ from kiln_sdk._errors import (
 )
 
 __all__ = [
+    "ApiError",
     "AsyncClient",
     "BadRequest",
     "Client",
     "Conflict",
     "Forbidden",
     "JobCanceled",
+    "JobError",
     "JobFailed",
     "KilnError",
     "NotFound",

@@ -333,6 +333,24 @@ class _Images(_Resource):
         """Runs an edit now: `{input, operations, output}` → `{input, output}`."""
         return dict((await self._client.json("POST", "/v1/image/edit", json=request))["data"])
 
+    async def edit_upload(
+        self, file: Upload, request: Mapping[str, Any], *, file_name: str | None = None
+    ) -> dict[str, Any]:
+        """Edits a local image (a path, or bytes) sent with the request: `{operations,
+        output}` → `{input, output}`; the output's `tmp_url` is where the result is."""
+        name, data = _file_part(file, file_name)
+        try:
+            body = await self._client.json(
+                "POST",
+                "/v1/image/edit/upload",
+                data={"data": json.dumps(dict(request))},
+                files=[("file", (name, data))],
+            )
+        finally:
+            if hasattr(data, "close"):
+                data.close()
+        return dict(body["data"])
+
 
 class _Archives(_Resource):
     """Scenario's asset archives."""

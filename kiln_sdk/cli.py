@@ -4,7 +4,7 @@
     kiln assets upload FILE | download ID [-o PATH]
     kiln objects create NAME [--scene S] | get KEY | query [--scene S] [--name N]
     kiln scenes create NAME | import SCENE FILE... | export SCENE EXT [-o P] | render SCENE [-o P]
-    kiln images edit REQUEST.json [-o PATH]
+    kiln images edit REQUEST.json [--file IMAGE] [-o PATH]
     kiln archive create ASSET_ID... [-o PATH]
     kiln jobs get ID | wait ID | cancel ID | watch ID
 
@@ -149,6 +149,8 @@ async def run(args: argparse.Namespace, out: Output) -> Any:
                 job = await kiln.scenes.render(args.scene_id, **params)
             return await _job_command(kiln, job, args, out)
         if group == "images":
+            if args.file:
+                return await kiln.images.edit_upload(args.file, args.request_body)
             return await kiln.images.edit(args.request_body)
         if group == "archive":
             job = await kiln.archives.create(args.asset_ids)
@@ -228,7 +230,9 @@ def parser() -> argparse.ArgumentParser:
     job_options(render)
 
     images = groups.add_parser("images").add_subparsers(dest="action", required=True)
-    images.add_parser("edit").add_argument("request", help="Claid's edit JSON (a file, or -)")
+    edit = images.add_parser("edit")
+    edit.add_argument("request", help="Claid's edit JSON (a file, or -)")
+    edit.add_argument("--file", help="a local image to edit (the request then has no input)")
 
     archive = groups.add_parser("archive").add_subparsers(dest="action", required=True)
     archive_create = archive.add_parser("create")

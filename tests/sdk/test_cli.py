@@ -102,6 +102,10 @@ async def test_login_then_every_capability(rig: Rig, kiln: Any, tmp_path: Path) 
     copy = tmp_path / "copy.png"
     status, _, _ = await kiln("assets", "download", asset["id"], "-o", str(copy))
     assert status == 0 and copy.read_bytes() == render.read_bytes()
+    request = tmp_path / "edit.json"
+    request.write_text('{"operations": {"resizing": {"width": 40, "fit": "bounds"}}}')
+    status, edited, _ = await kiln("images", "edit", str(request), "--file", str(render))
+    assert status == 0 and edited["output"]["width"] == 40
     zipped = tmp_path / "assets.zip"
     status, archived, _ = await kiln("archive", "create", asset["id"], "-o", str(zipped))
     assert status == 0 and archived["status"] == "ok"

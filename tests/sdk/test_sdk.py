@@ -20,6 +20,7 @@ from bench.render import grid_obj
 from gateway.app import build_app
 from gateway.limits import LIMITED
 from kiln_sdk import (
+    ApiError,
     AsyncClient,
     Client,
     JobCanceled,
@@ -83,6 +84,17 @@ async def test_scenes_jobs_and_outputs(rig: Rig, zebra: list[Path]) -> None:
         assert states[-1] == "ok"
         image = await kiln.jobs.output(render["id"])
         assert isinstance(image, bytes) and image[:2] == b"\xff\xd8"
+        edit = {
+            "operations": {"resizing": {"width": 32, "fit": "bounds"}},
+            "output": {"format": "png"},
+        }
+        edited = await kiln.images.edit_upload(image, edit, file_name="render.jpg")
+        assert (edited["output"]["width"], edited["output"]["height"]) == (32, 24)
+        png = await kiln.download(edited["output"]["tmp_url"])
+        assert isinstance(png, bytes) and png[:4] == b"\x89PNG"
+        with pytest.raises(ApiError) as refused:
+            await kiln.images.edit_upload(image, {"operations": {"resizing": {"width": "x"}}})
+        assert (refused.value.status, refused.value.code) == (422, "9000")
         export = await kiln.scenes.export(scene["id"], "obj")
         await kiln.jobs.wait(export["id"])
         archive = await kiln.jobs.output(export["id"])
