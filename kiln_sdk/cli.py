@@ -7,6 +7,7 @@
     kiln images edit REQUEST.json [--file IMAGE] [-o PATH]
     kiln archive create ASSET_ID... [-o PATH]
     kiln jobs get ID | wait ID | cancel ID | watch ID
+    kiln clients create | list | disable | enable | delete | limit    # operators: kiln clients -h
 
 Credentials come from `--url` / `--client-id` / `--client-secret`, else KILN_URL /
 KILN_CLIENT_ID / KILN_CLIENT_SECRET, else the credentials file (written 0600 by `kiln login`).
