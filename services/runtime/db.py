@@ -16,7 +16,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import MetaData, event
+from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.ext.asyncio import (
@@ -78,10 +78,18 @@ def alembic_config(service: str, migrations_dir: Path) -> Config:
 
 
 async def migrate(engine: AsyncEngine, service: str, migrations_dir: Path) -> None:
-    """Upgrades the service's schema to the newest revision; safe to run on every start."""
+    """Upgrades the service's schema to the newest revision; safe to run on every start, and
+    from several replicas at once: on PostgreSQL the upgrade holds a transaction-scoped advisory
+    lock per service, so the replicas that start together take turns and all but the first
+    find the schema current (without it, two would race to create the same tables)."""
     cfg = alembic_config(service, migrations_dir)
 
     def upgrade(connection: Connection) -> None:
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
+                {"name": f"kiln.migrate.{service}"},
+            )
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
@@ -11,6 +12,7 @@ from services.objects.main import MIGRATIONS
 from services.objects.store import AssetRecord, AssetStore
 from services.runtime import db
 from services.runtime.errors import ConfigError
+from tests.conftest import postgres_reachable, private_postgres_database
 
 
 def record(asset_id: str, tenant: str, *, at: int, request_id: str | None = None) -> AssetRecord:
@@ -50,6 +52,26 @@ async def test_migrations_are_idempotent_and_versioned_per_service(database_url:
         assert version == "0003"
     finally:
         await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_replicas_starting_together_migrate_one_at_a_time() -> None:
+    """Four replicas of a service starting at once on an empty PostgreSQL database: each
+    runs `migrate`, none fails on a table another is creating, and the schema ends current."""
+    if (reason := postgres_reachable()) is not None:
+        pytest.skip(reason)
+    async with private_postgres_database() as url:
+        engines = [db.create_engine(url) for _ in range(4)]
+        try:
+            await asyncio.gather(*(db.migrate(e, "objects", MIGRATIONS) for e in engines))
+            async with engines[0].connect() as conn:
+                versions = (
+                    await conn.execute(text("SELECT version_num FROM alembic_version_objects"))
+                ).all()
+            assert [v for (v,) in versions] == ["0003"]
+        finally:
+            for engine in engines:
+                await engine.dispose()
 
 
 async def test_asset_store_is_tenant_scoped(database_url: str) -> None:
