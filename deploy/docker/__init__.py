@@ -1,0 +1,1 @@
+"""The container image: its Dockerfile and entry point (`python -m deploy.docker.entrypoint`)."""
