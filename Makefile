@@ -9,7 +9,7 @@ GEN := gen
 PROTO_FILES := $(shell find protos/kiln -name '*.proto' | sort)
 export PYTHONPATH := $(CURDIR)/$(GEN):$(CURDIR)
 
-.PHONY: help bootstrap protos up start down demo test lint fmt bench docs-config clean
+.PHONY: help bootstrap protos up start down demo test lint fmt bench docs-config envoy-config clean
 
 help:
 	@echo "make up           start the whole suite in the foreground (Ctrl-C stops it)"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench        run the benchmarks, write bench/results/*.json"
 	@echo "make protos       regenerate Python code and the descriptor set in gen/"
 	@echo "make docs-config  regenerate docs/configuration.md from services/runtime/config.py"
+	@echo "make envoy-config regenerate the Envoy edge (deploy/k8s/base/envoy/) from the protos"
 
 bootstrap: $(STAMP)
 
@@ -64,6 +65,7 @@ lint: protos
 	$(VENV)/bin/mypy
 	$(PY) -m deploy.local.configdoc --check
 	$(PY) -m gateway.apis.sidefx_docs --check
+	$(PY) -m deploy.envoy.generate --check
 	cd protos && ../$(VENV)/bin/buf lint && ../$(VENV)/bin/buf format --exit-code -d
 
 fmt: $(STAMP)
@@ -79,6 +81,11 @@ bench: protos
 docs-config: protos
 	@$(PY) -m deploy.local.configdoc --write
 	@$(PY) -m gateway.apis.sidefx_docs --write
+
+# The Envoy edge's configuration and descriptor set (docs/envoy.md), generated from the
+# descriptor set and committed; lint and a test fail when they are stale.
+envoy-config: protos
+	@$(PY) -m deploy.envoy.generate
 
 clean:
 	rm -rf $(GEN) .pytest_cache .mypy_cache .ruff_cache

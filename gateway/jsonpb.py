@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import Message
 from starlette.responses import Response
@@ -33,12 +35,122 @@ def message_to_json(message: Message, pool: DescriptorPool | None = None) -> Jso
 
     `pool` resolves the types inside `google.protobuf.Any` fields (default: the default pool).
     """
-    return json_format.MessageToDict(
+    value = json_format.MessageToDict(
         message,
         always_print_fields_with_no_presence=True,
         preserving_proto_field_name=False,
         descriptor_pool=pool,
     )
+    return _canonical(value, message.DESCRIPTOR)
+
+
+# Key order. json_format writes set fields before fields at their default, and map entries
+# (Struct's too) in hash order, so the same message could print two ways. Kiln's answers are
+# canonical instead, the order Envoy's transcoder prints the same message in (the edge and the
+# gateway answer the same bytes): fields in declaration order, map and Struct keys sorted, as
+# protobuf's deterministic serialization sorts them (integer keys by value).
+
+_STRUCT = "google.protobuf.Struct"
+_VALUE = "google.protobuf.Value"
+_LIST = "google.protobuf.ListValue"
+#: Well-known types whose JSON is not an object of their fields, or holds nothing to order.
+_OPAQUE = frozenset(
+    {
+        "google.protobuf.Any",
+        "google.protobuf.Timestamp",
+        "google.protobuf.Duration",
+        "google.protobuf.FieldMask",
+        "google.protobuf.Empty",
+        "google.protobuf.DoubleValue",
+        "google.protobuf.FloatValue",
+        "google.protobuf.Int64Value",
+        "google.protobuf.UInt64Value",
+        "google.protobuf.Int32Value",
+        "google.protobuf.UInt32Value",
+        "google.protobuf.BoolValue",
+        "google.protobuf.StringValue",
+        "google.protobuf.BytesValue",
+    }
+)
+_INTEGER_KEYS = frozenset(
+    {
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED32,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    """The JSON key."""
+    message: Descriptor | None
+    """The type to descend into: the field's message, or a map's value message."""
+    is_map: bool
+    integer_keys: bool
+
+
+_PLANS: dict[str, tuple[_Field, ...]] = {}
+
+
+def _plan(descriptor: Descriptor) -> tuple[_Field, ...]:
+    plan = _PLANS.get(descriptor.full_name)
+    if plan is None:
+        fields = []
+        for field in descriptor.fields:
+            target = field.message_type
+            is_map = target is not None and target.GetOptions().map_entry
+            integer_keys = False
+            if is_map:
+                integer_keys = target.fields_by_name["key"].type in _INTEGER_KEYS
+                target = target.fields_by_name["value"].message_type
+            fields.append(_Field(field.json_name, target, is_map, integer_keys))
+        plan = _PLANS[descriptor.full_name] = tuple(fields)
+    return plan
+
+
+def _canonical(value: JsonValue, descriptor: Descriptor | None) -> JsonValue:
+    if descriptor is None or value is None:
+        return value
+    kind = descriptor.full_name
+    if kind in _OPAQUE:
+        return value
+    if kind in (_STRUCT, _VALUE, _LIST):
+        return _sorted_json(value)
+    if isinstance(value, list):
+        return [_canonical(item, descriptor) for item in value]
+    if not isinstance(value, dict):
+        return value
+    ordered: dict[str, JsonValue] = {}
+    for field in _plan(descriptor):
+        if field.name not in value:
+            continue
+        item = value[field.name]
+        if field.is_map:
+            keys = sorted(item, key=int) if field.integer_keys else sorted(item)
+            item = {key: _canonical(item[key], field.message) for key in keys}
+        elif field.message is not None:
+            item = _canonical(item, field.message)
+        ordered[field.name] = item
+    if len(ordered) != len(value):  # keys no field names ("@type" and the like) keep their place
+        ordered.update((k, v) for k, v in value.items() if k not in ordered)
+    return ordered
+
+
+def _sorted_json(value: JsonValue) -> JsonValue:
+    if isinstance(value, dict):
+        return {key: _sorted_json(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_json(item) for item in value]
+    return value
 
 
 def parse_into(value: JsonValue, message: Message, pool: DescriptorPool | None = None) -> None:

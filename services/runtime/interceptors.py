@@ -139,9 +139,23 @@ class _WrappingInterceptor(grpc.aio.ServerInterceptor):
                 return factory(
                     self.wrap(behavior, streaming, method, rpc_type),
                     handler.request_deserializer,
-                    handler.response_serializer,
+                    _deterministic(handler.response_serializer),
                 )
         raise ValueError(f"handler of {method} has no behaviour")
+
+
+def _serialize_deterministically(message: Any) -> bytes:
+    return bytes(message.SerializeToString(deterministic=True))
+
+
+def _deterministic(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """Responses serialized with map entries sorted by key, so one message has one encoding:
+    Envoy's transcoder prints maps in wire order, and sorted is the order the gateway prints."""
+    if serializer is None or serializer is _serialize_deterministically:
+        return serializer
+    if getattr(serializer, "__name__", "") != "SerializeToString":
+        return serializer  # a hand-written serializer knows its own format
+    return _serialize_deterministically
 
 
 class MetricsInterceptor(_WrappingInterceptor):

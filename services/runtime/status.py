@@ -53,7 +53,7 @@ def to_status(error: errors.KilnError) -> grpc.Status:
     if error.field:
         info.metadata["field"] = error.field
     detail = any_pb2.Any()
-    detail.Pack(info)
+    detail.Pack(info, deterministic=True)  # one encoding per error: maps sorted by key
     status = status_pb2.Status(
         code=getattr(code_pb2, code.name), message=error.message, details=[detail]
     )

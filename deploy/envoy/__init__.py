@@ -1,0 +1,1 @@
+"""The Envoy edge: its configuration, generated from the descriptor set (`generate`)."""
