@@ -4,9 +4,9 @@ transcoder prints it (fields in declaration order, map and Struct keys sorted)."
 from __future__ import annotations
 
 from google.protobuf import struct_pb2, timestamp_pb2
+from kiln.objects.v1 import assets_pb2
 
 from gateway.jsonpb import dumps, message_to_json
-from kiln.objects.v1 import assets_pb2
 
 
 def test_fields_print_in_declaration_order_whatever_is_set() -> None:
