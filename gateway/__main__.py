@@ -14,6 +14,7 @@ from types import FrameType
 import uvicorn
 
 from gateway.app import build_app
+from services.runtime import tracing
 from services.runtime.config import load_gateway_config
 from services.runtime.errors import ConfigError
 from services.runtime.logs import configure_logging
@@ -32,6 +33,7 @@ def main() -> int:
         print(f"kiln gateway: {exc}", file=sys.stderr)
         return 2
     configure_logging("gateway", config.log_level, config.log_format)
+    tracing.configure("gateway", config.tracing)
     try:
         app = build_app(config)
     except ConfigError as exc:
@@ -59,6 +61,7 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
     server.run()
+    tracing.shutdown()
     # uvicorn exits 3 when the lifespan start-up failed (bad key, unreachable database).
     return 0 if server.started else 3
 

@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -41,7 +41,7 @@ def message_to_json(message: Message, pool: DescriptorPool | None = None) -> Jso
         preserving_proto_field_name=False,
         descriptor_pool=pool,
     )
-    return _canonical(value, message.DESCRIPTOR)
+    return _canonical(value, cast(Descriptor, message.DESCRIPTOR))
 
 
 # Key order. json_format writes set fields before fields at their default, and map entries
@@ -107,9 +107,10 @@ def _plan(descriptor: Descriptor) -> tuple[_Field, ...]:
         fields = []
         for field in descriptor.fields:
             target = field.message_type
-            is_map = target is not None and target.GetOptions().map_entry
+            is_map = False
             integer_keys = False
-            if is_map:
+            if target is not None and target.GetOptions().map_entry:
+                is_map = True
                 integer_keys = target.fields_by_name["key"].type in _INTEGER_KEYS
                 target = target.fields_by_name["value"].message_type
             fields.append(_Field(field.json_name, target, is_map, integer_keys))

@@ -1,7 +1,9 @@
 """Prometheus metrics of one gateway: HTTP RED metrics and upstream gRPC client metrics.
 
 Each app owns its registry, so two gateways in one process (tests, benchmarks) never share
-counters, and `/metrics` shows exactly this gateway.
+counters, and `/metrics` shows exactly this gateway, plus the few process-wide collectors the
+gateway's own code feeds (SQL latency of the client store, rate-limit refusals), which live
+in the default registry and are registered here too: the gateway has no other /metrics port.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+
+from gateway.limits import LIMITED
+from services.runtime.db import SQL_SECONDS
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -43,6 +48,8 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
+        for shared in (SQL_SECONDS, LIMITED):
+            self.registry.register(shared)
         self.http_requests = Counter(
             "http_requests_total",
             "HTTP requests answered, by route template, method and status.",

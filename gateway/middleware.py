@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.core import Gateway
 from gateway.errors import ApiError
 from gateway.routing import SCOPE_REQUEST_ID, SCOPE_ROUTE, SCOPE_TENANT
+from services.runtime import tracing
 from services.runtime.context import principal_var, request_id_var
 
 access_log = logging.getLogger("kiln.access")
@@ -69,6 +70,7 @@ class ObservabilityMiddleware:
 
         started = time.perf_counter()
         metrics.http_in_flight.inc()
+        traced = _start_span(scope, request_id) if tracing.enabled() else None
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
@@ -85,6 +87,7 @@ class ObservabilityMiddleware:
             metrics.http_requests.labels(route, method, str(state["status"])).inc()
             metrics.http_seconds.labels(route, method).observe(elapsed)
             client = scope.get("client")
+            trace_id = _end_span(traced, scope, route, int(state["status"]))
             access_log.info(
                 "http",
                 extra={
@@ -97,10 +100,52 @@ class ObservabilityMiddleware:
                     "bytes_out": state["bytes"],
                     "tenant": scope.get(SCOPE_TENANT, ""),
                     "remote": client[0] if client else "",
+                    **trace_id,
                 },
             )
             principal_var.reset(principal_token)
             request_id_var.reset(id_token)
+
+
+_TRACE_HEADERS = (b"traceparent", b"tracestate")
+
+
+def _start_span(scope: Scope, request_id: str) -> tracing.Traced:
+    """The request's SERVER span, child of the client's `traceparent` when it sent one."""
+    carrier = {
+        key.decode("latin-1"): value.decode("latin-1")
+        for key, value in scope.get("headers", ())
+        if key in _TRACE_HEADERS
+    }
+    return tracing.begin(
+        scope["method"],
+        kind="SERVER",
+        carrier=carrier,
+        attributes={
+            "http.request.method": scope["method"],
+            "url.path": scope["path"],
+            "kiln.request_id": request_id,
+        },
+    )
+
+
+def _end_span(
+    traced: tracing.Traced | None, scope: Scope, route: str, status: int
+) -> dict[str, str]:
+    """Ends the request's span, named by its route template; answers the access log's
+    trace_id field (nothing when tracing is off)."""
+    if traced is None:
+        return {}
+    span, token = traced
+    span.update_name(f"{scope['method']} {route}")
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    tracing.finish(
+        span,
+        token,
+        error=str(status) if status >= 500 else None,
+        attributes={"http.route": route, "http.response.status_code": status},
+    )
+    return {"trace_id": trace_id}
 
 
 def http_exception_handler(gateway: Gateway) -> Callable[[Request, Exception], Awaitable[Response]]:

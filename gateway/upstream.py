@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from gateway.metrics import GatewayMetrics
+from services.runtime import tracing
 from services.runtime.errors import ConfigError
 
 Metadata = Sequence[tuple[str, str]]
@@ -67,7 +68,9 @@ class Upstreams:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
         for service, target in self.targets.items():
-            self._channels[service] = grpc.aio.insecure_channel(target, options=options)
+            self._channels[service] = grpc.aio.insecure_channel(
+                target, options=options, interceptors=tracing.client_interceptors()
+            )
 
     async def close(self, grace: float | None = None) -> None:
         """Closes every channel; in-flight calls get `grace` seconds, then are cancelled."""

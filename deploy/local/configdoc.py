@@ -27,6 +27,7 @@ from services.runtime.config import (
     JobsConfig,
     ScenesConfig,
     StorageConfig,
+    TracingConfig,
     WorkerConfig,
 )
 
@@ -41,6 +42,7 @@ SECTIONS: tuple[tuple[str, type[Any]], ...] = (
     ("Job workers", WorkerConfig),
     ("Image editing (render)", ImagingConfig),
     ("Scenes (render)", ScenesConfig),
+    ("Tracing", TracingConfig),
 )
 
 Row = tuple[str, str, str]

@@ -9,6 +9,7 @@ from kiln.objects.v1 import assets_pb2_grpc
 
 from services.archive.archiver import HANDLERS
 from services.archive.servicer import ArchiveServicer
+from services.runtime import tracing
 from services.runtime.config import ServiceConfig
 from services.runtime.peers import PEER_CHANNEL_OPTIONS
 from services.runtime.server import Registration, servicers
@@ -17,8 +18,14 @@ from services.runtime.worker import Worker
 
 
 async def build(config: ServiceConfig) -> Registration:
-    objects = grpc.aio.insecure_channel(config.objects_target, options=PEER_CHANNEL_OPTIONS)
-    jobs = grpc.aio.insecure_channel(config.jobs_target, options=PEER_CHANNEL_OPTIONS)
+    objects = grpc.aio.insecure_channel(
+        config.objects_target,
+        options=PEER_CHANNEL_OPTIONS,
+        interceptors=tracing.client_interceptors(),
+    )
+    jobs = grpc.aio.insecure_channel(
+        config.jobs_target, options=PEER_CHANNEL_OPTIONS, interceptors=tracing.client_interceptors()
+    )
     blobs = BlobStore(config.storage)
     await blobs.ensure_bucket()
     worker = Worker.from_config(config, HANDLERS, blobs=blobs)

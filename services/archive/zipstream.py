@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.runtime.errors import StorageError
-from services.runtime.storage import END_OF_STREAM, BlobStore, QueueReader
+from services.runtime.storage import END_OF_STREAM, BlobStore, QueueReader, timed_call
 
 CHUNK = 1024 * 1024
 #: Deflate only what compresses: text formats 3D pipelines exchange.
@@ -127,7 +127,8 @@ def write_zip(
 
     def upload_thread() -> None:
         try:
-            upload["result"] = store.client.put_object(
+            upload["result"] = timed_call(
+                store.client.put_object,
                 store.bucket,
                 key,
                 pipe,
@@ -153,7 +154,7 @@ def write_zip(
     def fetch(index: int) -> Future[Any] | None:
         if index >= len(members):
             return None
-        return fetcher.submit(store.client.get_object, store.bucket, members[index].key)
+        return fetcher.submit(timed_call, store.client.get_object, store.bucket, members[index].key)
 
     try:
         ahead = fetch(0)

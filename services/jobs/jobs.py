@@ -76,6 +76,12 @@ JOBS_RETRIED = Counter(
 JOBS_QUEUE = Gauge(
     "kiln_jobs_unfinished", "Unfinished jobs by kind and status.", ["kind", "status"]
 )
+OLDEST_QUEUED = Gauge(
+    "kiln_jobs_oldest_queued_age_seconds",
+    "How long the longest-waiting queued job of a kind has been due (since its create, or the "
+    "end of its retry backoff); 0 when every queued job of the kind still waits out a backoff.",
+    ["kind"],
+)
 SUBMIT_TO_START = Histogram(
     "kiln_jobs_submit_to_start_seconds",
     "From create (or the end of a retry's backoff) to a worker's lease.",
@@ -85,6 +91,7 @@ SUBMIT_TO_START = Histogram(
 
 _KIND = re.compile(r"[a-z][a-z0-9._-]{0,63}")
 MAX_REQUEST_ID = 128
+MAX_TRACEPARENT = 64
 #: Most jobs one BatchCreateJobs or CompleteJobs call carries.
 MAX_BATCH = 1000
 MAX_ATTEMPTS_LIMIT = 100
@@ -101,8 +108,10 @@ LEASE_POLL_SECONDS = 1.0
 WATCH_POLL_SECONDS = 5.0
 REAP_BATCH = 100
 PURGE_BATCH = 200
-#: Maintenance rounds between purges and queue-depth samples.
+#: Maintenance rounds between purges.
 PURGE_EVERY = 60
+#: Maintenance rounds between samples of the queue gauges (one GROUP BY on the claim index).
+SAMPLE_EVERY = 5
 
 
 #: (kind, params, request_id, max_attempts) of one job to create.
@@ -157,12 +166,17 @@ class JobQueue:
         params: dict[str, Any],
         request_id: str = "",
         max_attempts: int = 0,
+        traceparent: str = "",
     ) -> JobRecord:
+        """Queues a job; `traceparent` (W3C) is the caller's trace, which the job's worker
+        joins."""
         return await self._creates.submit(
-            self._new_job(tenant, kind, params, request_id, max_attempts)
+            self._new_job(tenant, kind, params, request_id, max_attempts, traceparent=traceparent)
         )
 
-    async def create_many(self, tenant: str, specs: Sequence[JobSpec]) -> list[JobRecord]:
+    async def create_many(
+        self, tenant: str, specs: Sequence[JobSpec], *, traceparent: str = ""
+    ) -> list[JobRecord]:
         """Creates all of `specs` in one statement, or none when any is invalid (AIP-233)."""
         if not specs:
             raise MissingField("requests must hold at least one job", field="requests")
@@ -170,7 +184,7 @@ class JobQueue:
             raise InvalidArgument(
                 f"at most {MAX_BATCH} jobs per batch, got {len(specs)}", field="requests"
             )
-        items = [self._new_job(tenant, *spec) for spec in specs]
+        items = [self._new_job(tenant, *spec, traceparent=traceparent) for spec in specs]
         results = await self._create_batch(items)
         for result in results:
             if isinstance(result, BaseException):
@@ -178,7 +192,14 @@ class JobQueue:
         return [r for r in results if isinstance(r, JobRecord)]
 
     def _new_job(
-        self, tenant: str, kind: str, params: dict[str, Any], request_id: str, max_attempts: int
+        self,
+        tenant: str,
+        kind: str,
+        params: dict[str, Any],
+        request_id: str,
+        max_attempts: int,
+        *,
+        traceparent: str = "",
     ) -> NewJob:
         if not kind:
             raise MissingField("job.kind is required", field="job.kind")
@@ -204,6 +225,8 @@ class JobQueue:
             params=params,
             request_id=request_id,
             max_attempts=max_attempts or self._config.max_attempts,
+            # Only a well-formed W3C value (55 characters) fits the column and means anything.
+            traceparent=traceparent if len(traceparent) <= MAX_TRACEPARENT else "",
         )
 
     async def _create_batch(self, items: Sequence[NewJob]) -> list[JobRecord | BaseException]:
@@ -686,11 +709,17 @@ class JobQueue:
         return len(ids)
 
     async def sample_queue(self) -> None:
+        """Refreshes the queue gauges: depth per kind and status, and the oldest due job's
+        time of arrival, whose age is computed when Prometheus scrapes (so it keeps growing
+        between samples, as a stuck queue's does)."""
         async with self._engine.connect() as conn:
             counts = await store.count_by_status(conn)
         JOBS_QUEUE.clear()
-        for kind, status, count in counts:
+        OLDEST_QUEUED.clear()
+        for kind, status, count, earliest in counts:
             JOBS_QUEUE.labels(kind, STATUS_NAMES[status]).set(count)
+            if status == QUEUED:
+                OLDEST_QUEUED.labels(kind).set_function(_age_since(self._clock, earliest))
 
     def start_maintenance(self) -> None:
         self._maintenance = asyncio.create_task(self._maintain(), name="kiln-jobs-maintenance")
@@ -704,6 +733,7 @@ class JobQueue:
                 if rounds % PURGE_EVERY == 0:
                     while await self.purge() == PURGE_BATCH:
                         pass
+                if rounds % SAMPLE_EVERY == 0:
                     await self.sample_queue()
             except Exception:  # a database hiccup must not end maintenance for good
                 log.exception("jobs maintenance failed; retrying next round")
@@ -728,6 +758,11 @@ _NO_LEASE: dict[str, Any] = {
     "lease_expires_at": None,
     "worker": "",
 }
+
+
+def _age_since(clock: Callable[[], float], due: float) -> Callable[[], float]:
+    """Seconds since `due` by `clock`, read when Prometheus scrapes; 0 before it."""
+    return lambda: max(0.0, clock() - due)
 
 
 def _completion(

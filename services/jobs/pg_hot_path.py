@@ -13,6 +13,7 @@ SQLite keeps the portable statements in `store`; the tests run both paths.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,21 +21,25 @@ import asyncpg  # type: ignore[import-untyped]
 
 from services.jobs.signals import CHANNEL
 from services.jobs.store import CompleteRow, JobRecord, NewJob
+from services.runtime.db import observe_sql
 
 _COLUMNS = (
     "seq, id, tenant, kind, status, progress, params, result, outputs, error, request_id, "
     "attempt, max_attempts, run_after, lease_id, lease_expires_at, lease_seconds, worker, "
-    "created_at, updated_at, started_at, ended_at, version"
+    "created_at, updated_at, started_at, ended_at, version, traceparent"
 )
 
 _INSERT = f"""
 WITH ins AS (
     INSERT INTO jobs (id, tenant, kind, status, progress, params, error, request_id, attempt,
-                      max_attempts, run_after, worker, created_at, updated_at, version)
+                      max_attempts, run_after, worker, created_at, updated_at, version,
+                      traceparent)
     SELECT v.id, v.tenant, v.kind, 1, 0, v.params::json, '', NULLIF(v.request_id, ''), 0,
-           v.max_attempts, $7, '', $7, $7, 1
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[])
-         WITH ORDINALITY AS v(id, tenant, kind, params, request_id, max_attempts, n)
+           v.max_attempts, $7, '', $7, $7, 1, NULLIF(v.traceparent, '')
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+                $8::text[])
+         WITH ORDINALITY AS v(id, tenant, kind, params, request_id, max_attempts, traceparent,
+                              n)
     ORDER BY v.n
     ON CONFLICT (tenant, request_id) DO NOTHING
     RETURNING {_COLUMNS}
@@ -101,6 +106,15 @@ class PgHotPath:
     def __init__(self, pool: Any) -> None:
         self._pool = pool
 
+    async def _fetch(self, statement: str, *args: Any) -> list[Any]:
+        # Outside SQLAlchemy, so its statement timing does not see these: time them here.
+        started = time.perf_counter()
+        try:
+            rows: list[Any] = await self._pool.fetch(statement, *args)
+        finally:
+            observe_sql(statement, time.perf_counter() - started)
+        return rows
+
     @classmethod
     async def connect(cls, dsn: str, *, max_size: int = 8) -> PgHotPath:
         pool = await asyncpg.create_pool(
@@ -115,7 +129,7 @@ class PgHotPath:
     async def insert_jobs(self, items: Sequence[NewJob], now: float) -> dict[str, JobRecord]:
         """Inserts the jobs whose (tenant, request_id) is new, with their first transition;
         answers those inserted, by id."""
-        rows = await self._pool.fetch(
+        rows = await self._fetch(
             _INSERT,
             [i.id for i in items],
             [i.tenant for i in items],
@@ -124,6 +138,7 @@ class PgHotPath:
             [i.request_id for i in items],
             [i.max_attempts for i in items],
             now,
+            [i.traceparent for i in items],
         )
         return {row["id"]: JobRecord.from_row(row) for row in rows}
 
@@ -137,14 +152,12 @@ class PgHotPath:
         worker: str,
         now: float,
     ) -> list[JobRecord]:
-        rows = await self._pool.fetch(
-            _CLAIM, list(kinds), limit, lease_id, lease_seconds, worker, now
-        )
+        rows = await self._fetch(_CLAIM, list(kinds), limit, lease_id, lease_seconds, worker, now)
         return [JobRecord.from_row(row) for row in rows]
 
     async def complete(self, items: Sequence[CompleteRow], now: float) -> dict[str, JobRecord]:
         """Finishes the items still leased by their lease ids; answers those, by id."""
-        rows = await self._pool.fetch(
+        rows = await self._fetch(
             _COMPLETE,
             [i.job_id for i in items],
             [i.lease_id for i in items],

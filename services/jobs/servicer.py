@@ -13,6 +13,7 @@ from services.jobs.jobs import JobQueue, JobSpec
 from services.jobs.store import JobRecord
 from services.runtime.context import current_principal, current_tenant
 from services.runtime.errors import MissingField, PermissionDenied
+from services.runtime.tracing import current_traceparent
 
 _CHUNK = 256 * 1024
 
@@ -86,6 +87,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             params=json_format.MessageToDict(request.job.params),
             request_id=request.request_id,
             max_attempts=request.job.max_attempts,
+            traceparent=current_traceparent(),
         )
         return jobs_pb2.CreateJobResponse(job=to_proto(record))
 
@@ -104,7 +106,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                     item.job.max_attempts,
                 )
             )
-        records = await self._queue.create_many(current_tenant(), specs)
+        records = await self._queue.create_many(
+            current_tenant(), specs, traceparent=current_traceparent()
+        )
         return jobs_pb2.BatchCreateJobsResponse(jobs=[to_proto(r) for r in records])
 
     async def GetJob(
@@ -187,7 +191,9 @@ class WorkerServicer(jobs_pb2_grpc.WorkerServiceServicer):
         )
         response = jobs_pb2.LeaseJobsResponse()
         for record in records:
-            lease = response.leases.add(job=to_proto(record), lease_id=lease_id)
+            lease = response.leases.add(
+                job=to_proto(record), lease_id=lease_id, traceparent=record.traceparent
+            )
             _timestamp(lease.expire_time, record.lease_expires_at)
         return response
 

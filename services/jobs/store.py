@@ -52,6 +52,8 @@ jobs = sa.Table(
     sa.Column("started_at", sa.Double, nullable=True),
     sa.Column("ended_at", sa.Double, nullable=True),
     sa.Column("version", sa.Integer, nullable=False, default=1),
+    # W3C traceparent of the call that created the job (tracing on), for the worker's span.
+    sa.Column("traceparent", sa.String(64), nullable=True),
     # NULL request ids never collide (both databases treat NULLs as distinct).
     sa.UniqueConstraint("tenant", "request_id", name="uq_jobs_tenant_request_id"),
     sa.Index("ix_jobs_claim", "status", "kind", "run_after", "seq"),
@@ -113,6 +115,7 @@ class JobRecord:
     started_at: float | None
     ended_at: float | None
     version: int
+    traceparent: str = ""
     history: tuple[Transition, ...] = ()
 
     @property
@@ -146,6 +149,7 @@ class JobRecord:
             started_at=m["started_at"],
             ended_at=m["ended_at"],
             version=int(m["version"]),
+            traceparent=m["traceparent"] or "",
         )
 
 
@@ -159,6 +163,7 @@ class NewJob:
     params: dict[str, Any]
     request_id: str
     max_attempts: int
+    traceparent: str = ""
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,7 @@ async def insert_jobs(
             "created_at": now,
             "updated_at": now,
             "version": 1,
+            "traceparent": item.traceparent or None,
         }
         for item in items
     ]
@@ -453,11 +459,12 @@ async def earliest_run_after(conn: AsyncConnection, kinds: Sequence[str]) -> flo
     return None if value is None else float(value)
 
 
-async def count_by_status(conn: AsyncConnection) -> list[tuple[str, int, int]]:
-    """(kind, status, count) of the unfinished jobs, for the queue-depth gauge."""
+async def count_by_status(conn: AsyncConnection) -> list[tuple[str, int, int, float]]:
+    """(kind, status, count, earliest run_after) of the unfinished jobs, for the queue gauges:
+    one pass over the claim index's leading columns."""
     query = (
-        sa.select(jobs.c.kind, jobs.c.status, sa.func.count())
+        sa.select(jobs.c.kind, jobs.c.status, sa.func.count(), sa.func.min(jobs.c.run_after))
         .where(jobs.c.status.in_([QUEUED, RUNNING]))
         .group_by(jobs.c.kind, jobs.c.status)
     )
-    return [(row[0], int(row[1]), int(row[2])) for row in await conn.execute(query)]
+    return [(row[0], int(row[1]), int(row[2]), float(row[3])) for row in await conn.execute(query)]

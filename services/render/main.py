@@ -20,6 +20,7 @@ from services.render.scenes.raster import Rasterizer
 from services.render.servicer import ImageServicer
 from services.render.storages import open_storages
 from services.render.storages_servicer import StorageServicer
+from services.runtime import tracing
 from services.runtime.config import ServiceConfig
 from services.runtime.peers import PEER_CHANNEL_OPTIONS
 from services.runtime.server import Registration, servicers
@@ -28,8 +29,14 @@ from services.runtime.worker import TokenFile, Worker
 
 
 async def build(config: ServiceConfig) -> Registration:
-    jobs = grpc.aio.insecure_channel(config.jobs_target, options=PEER_CHANNEL_OPTIONS)
-    objects = grpc.aio.insecure_channel(config.objects_target, options=PEER_CHANNEL_OPTIONS)
+    jobs = grpc.aio.insecure_channel(
+        config.jobs_target, options=PEER_CHANNEL_OPTIONS, interceptors=tracing.client_interceptors()
+    )
+    objects = grpc.aio.insecure_channel(
+        config.objects_target,
+        options=PEER_CHANNEL_OPTIONS,
+        interceptors=tracing.client_interceptors(),
+    )
     scenes = scenes_pb2_grpc.SceneServiceStub(objects)
     blobs = BlobStore(config.storage)
     await blobs.ensure_bucket()

@@ -263,6 +263,31 @@ class ScenesConfig:
     driver's EGL where one is installed)."""
 
 
+TRACING_EXPORTERS = ("off", "otlp", "console", "file")
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry tracing of every process (off by default; docs/observability.md)."""
+
+    exporter: str = _env_field(
+        "KILN_TRACING",
+        "off",
+        "Where spans go: off, otlp (OTEL_EXPORTER_OTLP_* apply), console, or file.",
+    )
+    """Where spans go: `off` (no tracing, no cost), `otlp` (OTLP over gRPC, configured by the
+    standard `OTEL_EXPORTER_OTLP_*` variables, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`),
+    `console` (a JSON span per line on stderr) or `file` (JSON lines appended to
+    KILN_TRACING_FILE)."""
+    file: str = _env_field(
+        "KILN_TRACING_FILE",
+        "",
+        "JSON-lines file of the file exporter (default: <data dir>/traces.jsonl).",
+    )
+    """File the `file` exporter appends spans to, one JSON object per line; processes may
+    share it (default `<data dir>/traces.jsonl`)."""
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Settings of one gRPC service process."""
@@ -301,6 +326,8 @@ class ServiceConfig:
     """Image editing's limits and fetching rules (render)."""
     scenes: ScenesConfig = field(default_factory=ScenesConfig)
     """Scene import and render budgets (render)."""
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    """OpenTelemetry tracing."""
     objects_subscriber_queue: int = 1024
     """Events queued per live subscriber before it is dropped (KILN_OBJECTS_SUBSCRIBER_QUEUE)."""
     objects_udp_port: int = -1
@@ -359,6 +386,8 @@ class GatewayConfig:
     (KILN_RATE_LIMIT_PER_SECOND; 0: no limit). A client's own limit replaces it."""
     rate_limit_burst: int = 0
     """Default burst (requests at once) of one API client (KILN_RATE_LIMIT_BURST)."""
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    """OpenTelemetry tracing."""
 
 
 # Variables outside the dataclasses above whose names are built per service, documented here so
@@ -588,6 +617,17 @@ def load_service_config(name: str, environ: Mapping[str, str] | None = None) -> 
         worker=worker,
         imaging=imaging,
         scenes=scenes,
+        tracing=_tracing(env, data_dir),
+    )
+
+
+def _tracing(env: _Env, data_dir: Path) -> TracingConfig:
+    tracing: TracingConfig = env.section(TracingConfig)
+    exporter = tracing.exporter.strip().lower()
+    if exporter not in TRACING_EXPORTERS:
+        raise ConfigError(f"KILN_TRACING must be one of {', '.join(TRACING_EXPORTERS)}")
+    return dataclasses.replace(
+        tracing, exporter=exporter, file=tracing.file or str(data_dir / "traces.jsonl")
     )
 
 
@@ -698,4 +738,5 @@ def load_gateway_config(environ: Mapping[str, str] | None = None) -> GatewayConf
         clyman_anonymous_tenant=env.text("KILN_CLYMAN_ANONYMOUS_TENANT", "").strip(),
         rate_limit_per_second=rate,
         rate_limit_burst=burst,
+        tracing=_tracing(env, data_dir),
     )

@@ -9,6 +9,7 @@ other's tables.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from prometheus_client import Histogram
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.url import make_url
@@ -30,6 +32,53 @@ from services.runtime.errors import ConfigError
 
 _SUPPORTED_DRIVERS = {"sqlite+aiosqlite", "postgresql+asyncpg"}
 
+SQL_SECONDS = Histogram(
+    "kiln_sql_query_seconds",
+    "Time from a statement's dispatch to its result, by its first keyword (SELECT, INSERT, "
+    "UPDATE, DELETE, WITH, ...; OTHER beyond a fixed set).",
+    ["verb"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+# A fixed set of labels: a label per distinct statement would grow without bound.
+_VERBS = frozenset(
+    {"SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "BEGIN", "COMMIT", "ROLLBACK", "PRAGMA"}
+    | {"CREATE", "ALTER", "DROP", "SAVEPOINT", "RELEASE", "LISTEN", "NOTIFY", "SET", "SHOW"}
+)
+_STARTED = "kiln_sql_started"
+
+
+def statement_verb(statement: str) -> str:
+    """The label of a statement: its first keyword when it is a known one, else OTHER."""
+    head = statement.lstrip(" \t\n(").split(None, 1)
+    verb = head[0].upper() if head else ""
+    return verb if verb in _VERBS else "OTHER"
+
+
+def observe_sql(statement: str, seconds: float) -> None:
+    """Records one statement's latency (the raw asyncpg hot path calls this itself)."""
+    SQL_SECONDS.labels(statement_verb(statement)).observe(seconds)
+
+
+def _time_statements(engine: AsyncEngine) -> None:
+    """Times every statement the engine runs, from cursor dispatch to result (or error)."""
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _before(conn: Any, *_: Any) -> None:
+        conn.info[_STARTED] = time.perf_counter()
+
+    @event.listens_for(engine.sync_engine, "after_cursor_execute")
+    def _after(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        started = conn.info.pop(_STARTED, None)
+        if started is not None:
+            observe_sql(statement, time.perf_counter() - started)
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _failed(context: Any) -> None:
+        conn = context.connection
+        started = conn.info.pop(_STARTED, None) if conn is not None else None
+        if started is not None and context.statement is not None:
+            observe_sql(context.statement, time.perf_counter() - started)
+
 
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     """An engine for `url`; SQLite gets WAL, a busy timeout and enforced foreign keys."""
@@ -43,6 +92,7 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        _time_statements(engine)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -54,7 +104,9 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    engine = create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    _time_statements(engine)
+    return engine
 
 
 def postgres_dsn(database_url: str) -> str | None:

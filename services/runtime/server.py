@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from services.runtime import tracing
 from services.runtime.auth import TokenVerifier
 from services.runtime.config import ServiceConfig
 from services.runtime.interceptors import AuthInterceptor, ContextInterceptor, MetricsInterceptor
@@ -77,7 +78,13 @@ async def start(
         config.auth.public_key_files, issuer=config.auth.issuer
     )
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(), ContextInterceptor(), AuthInterceptor(verifier)],
+        interceptors=[
+            MetricsInterceptor(),
+            # Nothing when tracing is off; when on, its span covers the call's auth and errors.
+            *tracing.server_interceptors(),
+            ContextInterceptor(),
+            AuthInterceptor(verifier),
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -124,6 +131,7 @@ async def serve(
 ) -> None:
     """Runs one service until SIGTERM or SIGINT, then shuts it down gracefully."""
     configure_logging(config.name, config.log_level, config.log_format)
+    tracing.configure(config.name, config.tracing)
     registration = await build(config)
     running = await start(config, registration)
     stop = asyncio.Event()
@@ -133,6 +141,7 @@ async def serve(
     await stop.wait()
     log.info("stopping", extra={"grace_seconds": config.shutdown_grace_seconds})
     await running.stop(config.shutdown_grace_seconds)
+    tracing.shutdown()
     log.info("stopped")
 
 

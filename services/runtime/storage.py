@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import io
 import queue
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
+from prometheus_client import Counter, Histogram
 
 from services.runtime.config import StorageConfig
 from services.runtime.errors import NotFound, StorageError
@@ -32,6 +34,37 @@ CHUNK_BYTES = 1024 * 1024
 _QUEUE_DEPTH = 4
 #: Put into a QueueReader's queue to end the stream it feeds.
 END_OF_STREAM = object()
+
+S3_SECONDS = Histogram(
+    "kiln_s3_operation_seconds",
+    "Time of one S3 SDK call, by operation (the SDK method: put_object, get_object, read, "
+    "stat_object, remove_object, remove_prefix, ...) and outcome (ok, not_found, error).",
+    ["operation", "outcome"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
+)
+S3_BYTES = Counter(
+    "kiln_s3_bytes_total",
+    "Bytes moved to and from S3 through the blob store, by direction (read, written).",
+    ["direction"],
+)
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchBucket"})
+
+
+def timed_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Calls one S3 SDK method (blocking) and records its latency under the method's name.
+    Every S3 call goes through here: BlobStore's own, and those of code that drives the SDK
+    on its own threads (the archive's ZIP stream)."""
+    operation = getattr(fn, "__name__", "call")
+    started, outcome = time.perf_counter(), "error"
+    try:
+        result = fn(*args, **kwargs)
+        outcome = "ok"
+        return result
+    except S3Error as err:
+        outcome = "not_found" if err.code in _NOT_FOUND_CODES else "error"
+        raise
+    finally:
+        S3_SECONDS.labels(operation, outcome).observe(time.perf_counter() - started)
 
 
 @dataclass(frozen=True)
@@ -123,6 +156,7 @@ class BlobWriter:
             await self._upload
         self._sha.update(data)
         self.size += len(data)
+        S3_BYTES.labels("written").inc(len(data))
         await self._put(bytes(data))
         if self._upload.done():
             await self._upload
@@ -203,8 +237,9 @@ class BlobStore:
         self._executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="s3")
 
     def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        """Runs one SDK call on the pool, timed (see `timed_call`)."""
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        return loop.run_in_executor(self._executor, lambda: timed_call(fn, *args, **kwargs))
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
@@ -250,6 +285,7 @@ class BlobStore:
     async def put_bytes(
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> PutResult:
+        S3_BYTES.labels("written").inc(len(data))
         await self._call(
             self.client.put_object,
             self.bucket,
@@ -272,6 +308,7 @@ class BlobStore:
                 chunk = await self._call(response.read, chunk_size)
                 if not chunk:
                     break
+                S3_BYTES.labels("read").inc(len(chunk))
                 yield chunk
         finally:
             response.close()
@@ -311,7 +348,7 @@ class BlobStore:
             # A bare "jobs/1" would also match "jobs/10/…".
             raise ValueError(f"prefix {prefix!r} must end with '/'")
 
-        def remove_all() -> int:
+        def remove_prefix() -> int:
             names = [
                 obj.object_name
                 for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
@@ -328,7 +365,7 @@ class BlobStore:
                 raise OSError(f"could not remove {len(errors)} objects under {prefix}: {errors[0]}")
             return len(names)
 
-        return await self._call(remove_all)
+        return await self._call(remove_prefix)
 
     async def presigned_get_url(
         self,

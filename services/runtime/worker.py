@@ -65,6 +65,7 @@ from google.protobuf import duration_pb2, json_format, struct_pb2
 from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from services.runtime import _worker_metrics as metrics
+from services.runtime import tracing
 from services.runtime.batching import GroupCommit
 from services.runtime.blob_keys import output_key, output_prefix
 from services.runtime.config import SERVICE_NAMES, ServiceConfig, StorageConfig
@@ -119,6 +120,8 @@ _CHANNEL_OPTIONS = [
 _CANCELED = "canceled"
 _LEASE_LOST = "lease_lost"
 _SHUTDOWN = "shutdown"
+#: Outcomes that mark a job's span as failed.
+_FAILED_OUTCOMES = frozenset({"failed", "retried", "error", "lease_lost"})
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -205,6 +208,8 @@ class JobContext:
     def __init__(self, lease: jobs_pb2.Lease, blobs: Callable[[], BlobStore]) -> None:
         self.job: jobs_pb2.Job = lease.job
         self.lease_id: str = lease.lease_id
+        #: The W3C trace context the job was created in ("" when it was not traced).
+        self.traceparent: str = lease.traceparent
         #: The job's params as plain JSON values (Struct numbers are floats).
         self.params: dict[str, Any] = json_format.MessageToDict(lease.job.params)
         self.canceled = asyncio.Event()
@@ -419,7 +424,9 @@ class Worker:
             raise ConfigError("a worker needs at least one handler")
         self._tokens.metadata()  # a missing token file fails here, not in a background task
         self._started = True
-        self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(
+            self.target, options=_CHANNEL_OPTIONS, interceptors=tracing.client_interceptors()
+        )
         self._stub = jobs_pb2_grpc.WorkerServiceStub(self._channel)
         self._lease_task = asyncio.create_task(self._lease_loop(), name="kiln-worker-lease")
         self._heartbeat_task = asyncio.create_task(
@@ -601,17 +608,28 @@ class Worker:
                 return
             metrics.JOBS_STARTED.labels(kind).inc()
             metrics.JOBS_RUNNING.labels(kind).inc()
-            began = time.perf_counter()
-            running.handler = asyncio.ensure_future(handler(ctx))
+            # Started before the handler's task, which inherits it as its current span.
+            traced = self._start_span(ctx) if tracing.enabled() else None
+            outcome = "error"
             try:
-                await asyncio.wait({running.handler})
+                began = time.perf_counter()
+                running.handler = asyncio.ensure_future(handler(ctx))
+                try:
+                    await asyncio.wait({running.handler})
+                finally:
+                    if not running.handler.done():  # this runner itself was cancelled
+                        running.handler.cancel()
+                    metrics.JOBS_RUNNING.labels(kind).dec()
+                    metrics.HANDLER_SECONDS.labels(kind).observe(time.perf_counter() - began)
+                running.reporting = True
+                outcome = await self._settle(running, running.handler)
             finally:
-                if not running.handler.done():  # this runner itself was cancelled
-                    running.handler.cancel()
-                metrics.JOBS_RUNNING.labels(kind).dec()
-                metrics.HANDLER_SECONDS.labels(kind).observe(time.perf_counter() - began)
-            running.reporting = True
-            outcome = await self._settle(running, running.handler)
+                if traced is not None:
+                    tracing.finish(
+                        *traced,
+                        error=outcome if outcome in _FAILED_OUTCOMES else None,
+                        attributes={"kiln.job.outcome": outcome},
+                    )
             metrics.JOBS_FINISHED.labels(kind, outcome).inc()
         except Exception:
             log.exception("worker error on a job", extra=self._log_fields(running))
@@ -834,6 +852,21 @@ class Worker:
         else:
             running.lease_deadline = sent + self.lease_seconds
 
+    def _start_span(self, ctx: JobContext) -> tracing.Traced:
+        """The job's CONSUMER span, in the trace of the call that created the job."""
+        return tracing.begin(
+            f"job {ctx.kind}",
+            kind="CONSUMER",
+            carrier={"traceparent": ctx.traceparent} if ctx.traceparent else {},
+            attributes={
+                "kiln.job.id": ctx.job_id,
+                "kiln.job.kind": ctx.kind,
+                "kiln.job.attempt": ctx.attempt,
+                "kiln.tenant": ctx.tenant,
+                "kiln.worker.id": self.worker_id,
+            },
+        )
+
     @staticmethod
     def _log_fields(running: _Running) -> dict[str, Any]:
         ctx = running.ctx
@@ -872,6 +905,7 @@ def run_worker(
     from services.runtime.logs import configure_logging
 
     configure_logging(f"{config.name}-worker", config.log_level, config.log_format)
+    tracing.configure(f"{config.name}-worker", config.tracing)
     if metrics_port is not None and metrics_port >= 0:
         start_http_server(metrics_port, addr=config.host)
     uvloop.run(serve_worker(config, handlers, **overrides))

@@ -64,9 +64,7 @@ def test_every_command_named_exists(page: Path) -> None:
     missing += [
         f"python -m {m}" for m in MODULE.findall(text) if importlib.util.find_spec(m) is None
     ]
-    missing += [
-        f"kiln clients {a}" for a in CLIENTS.findall(text) if a not in clients_actions()
-    ]
+    missing += [f"kiln clients {a}" for a in CLIENTS.findall(text) if a not in clients_actions()]
     if ENTRYPOINT.search(text):
         from deploy.docker import entrypoint
 
