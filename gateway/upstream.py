@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2
 from gateway.metrics import GatewayMetrics
 from services.runtime import tracing
 from services.runtime.errors import ConfigError
+from services.runtime.peers import PEER_CHANNEL_OPTIONS
 
 Metadata = Sequence[tuple[str, str]]
 
@@ -64,6 +65,7 @@ class Upstreams:
     async def open(self) -> None:
         """Creates the channels; they connect lazily, so a service may start after the gateway."""
         options = [
+            *PEER_CHANNEL_OPTIONS,
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]

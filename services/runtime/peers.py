@@ -18,11 +18,17 @@ from services.runtime.status import from_call
 
 R = TypeVar("R")
 
-#: Channel options for service-to-service calls: reconnect within seconds, not minutes.
+#: Channel options for calls to a Kiln service (from services, workers and the gateway):
+#: reconnect within seconds, not minutes; and spread calls over every address the target
+#: resolves to (a headless Kubernetes Service names each replica), where gRPC's default,
+#: pick_first, would send one process's every call to one replica. Servers end connections
+#: after MAX_CONNECTION_AGE_MS (services.runtime.server), so clients resolve again and new
+#: replicas get their share.
 PEER_CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 
 

@@ -32,6 +32,8 @@ log = logging.getLogger("kiln.server")
 # Generous enough for a 1 MiB upload chunk plus framing; large bodies are streamed, never sent
 # as one message.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: How long a client connection lives before the server asks the client to reconnect.
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 
 @dataclass
@@ -89,6 +91,9 @@ async def start(
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            # Clients reconnect (and resolve the Service again) at least this often, so a
+            # scaled-up replica gets calls; calls in flight, streams included, run on.
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
         ],
     )
     for add in registration.add_to_server:

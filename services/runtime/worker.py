@@ -78,6 +78,7 @@ from services.runtime.errors import (
     MissingField,
     NotFound,
 )
+from services.runtime.peers import PEER_CHANNEL_OPTIONS
 from services.runtime.status import error_info
 from services.runtime.storage import BlobStore
 
@@ -110,12 +111,6 @@ _TRANSIENT = frozenset(
 )
 # gRPC's default reconnect backoff grows to two minutes; a worker should be back within
 # seconds of the jobs service.
-_CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-]
-
 # Why the worker stopped a handler; None while nobody has.
 _CANCELED = "canceled"
 _LEASE_LOST = "lease_lost"
@@ -425,7 +420,7 @@ class Worker:
         self._tokens.metadata()  # a missing token file fails here, not in a background task
         self._started = True
         self._channel = grpc.aio.insecure_channel(
-            self.target, options=_CHANNEL_OPTIONS, interceptors=tracing.client_interceptors()
+            self.target, options=PEER_CHANNEL_OPTIONS, interceptors=tracing.client_interceptors()
         )
         self._stub = jobs_pb2_grpc.WorkerServiceStub(self._channel)
         self._lease_task = asyncio.create_task(self._lease_loop(), name="kiln-worker-lease")
