@@ -15,7 +15,7 @@ class CountingHealth(health_pb2_grpc.HealthServicer):
     def __init__(self, name: str, seen: collections.Counter[str]) -> None:
         self.name, self.seen = name, seen
 
-    async def Check(  # noqa: N802 (the generated method name)
+    async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         self.seen[self.name] += 1
