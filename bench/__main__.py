@@ -9,6 +9,7 @@ import sys
 BENCHMARKS = [
     "bench.grpc_overhead",
     "bench.gateway_overhead",
+    "bench.edge",
     "bench.s3_throughput",
     "bench.objects",
     "bench.jobs",

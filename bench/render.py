@@ -4,8 +4,10 @@ import of a 50 MB OBJ against trimesh loading it in this process.
 - **render, raw** (the reference): a generated scene of eight textured UV spheres, 100,000
   triangles in all with 1024 px textures (`bench.render_raw.make_scene`), rendered at
   1280 x 720 by `Rasterizer.render_pixels` in this process (the GL context made once, the
-  meshes uploaded every frame as Kiln does), then encoded as JPEG: seconds per frame, the
-  median of `--frames` after a warm-up.
+  textures uploaded and the geometry prepared once, as the render service keeps them), then
+  encoded as JPEG: seconds per frame, the median of `--frames` after a warm-up. Beside it,
+  **raw, nothing kept**: the same with every frame from scratch (uploads and preparation each
+  time), what a one-shot script pays.
 - **render, kiln**: the `make up` layout (launcher, SQLite, SeaweedFS); the same scene imported
   once as a GLB through `POST /api/scenes/{id}/import`, then `POST /api/scenes/{id}/render?
   width=1280&height=720` (async: 202 and the job URL), the job URL polled every 20 ms until
@@ -261,6 +263,8 @@ def main() -> None:
     placed = make_scene(args.triangles)
     raw = time_raw(placed, WIDTH, HEIGHT, frames=args.frames)
     raw_frame = float(raw["frame_median_s"]) + float(raw["encode_jpeg_s"])
+    fresh = time_raw(placed, WIDTH, HEIGHT, frames=args.frames, keep=False)
+    fresh_frame = float(fresh["frame_median_s"]) + float(fresh["encode_jpeg_s"])
     obj = grid_obj(args.obj_mb)
     raw_import_s, raw_import_mib = raw_import(obj)
     print(f"raw: {raw_frame:.3f} s/frame; trimesh.load {raw_import_s:.1f} s", file=sys.stderr)
@@ -277,6 +281,7 @@ def main() -> None:
     figures = with_ratios(
         [
             Figure(case, "raw moderngl", round(raw_frame * 1000, 1), "ms/frame"),
+            Figure(case, "raw, nothing kept", round(fresh_frame * 1000, 1), "ms/frame"),
             Figure(case, "kiln async", round(kiln_frame * 1000, 1), "ms/frame"),
             Figure(
                 case,
@@ -311,6 +316,7 @@ def main() -> None:
         figures,
         {
             "raw": dict(raw),
+            "raw_nothing_kept": dict(fresh),
             "kiln_frame_s": [round(s, 4) for s in measured["frame_s"]],
             "kiln_job_queued_s_median": round(measured["job_queued_s"], 4),
             "kiln_job_running_s_median": round(measured["job_running_s"], 4),

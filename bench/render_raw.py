@@ -21,7 +21,13 @@ import trimesh
 from PIL import Image
 
 from services.render.scenes.model import Placed, triangle_count
-from services.render.scenes.raster import Camera, Rasterizer, RenderSettings, encode
+from services.render.scenes.raster import (
+    DEFAULT_TEXTURE_CACHE_BYTES,
+    Camera,
+    Rasterizer,
+    RenderSettings,
+    encode,
+)
 
 SPHERES = 8
 SPACING = 2.5
@@ -104,22 +110,30 @@ def time_raw(
     height: int = 720,
     frames: int = 10,
     samples: int = 4,
+    *,
+    keep: bool = True,
 ) -> dict[str, float | int | str]:
     """Seconds per frame of `Rasterizer.render_pixels` (median of `frames` after one warm-up),
-    the context's setup, and a JPEG encoding of the frame, all in this process."""
+    the context's setup, and a JPEG encoding of the frame, all in this process.
+
+    `keep`: what stays between frames, as in the render service: textures uploaded once, the
+    scene's geometry prepared once (its meshes are `frozen`). False: every frame from scratch
+    (the rasterizer before it kept anything)."""
     settings = RenderSettings(width, height, "jpeg", camera=Camera())
     started = time.perf_counter()
-    rasterizer = Rasterizer(samples=samples)
+    rasterizer = Rasterizer(
+        samples=samples, texture_cache_bytes=DEFAULT_TEXTURE_CACHE_BYTES if keep else 0
+    )
     try:
         info = rasterizer.info()
         setup = time.perf_counter() - started
         started = time.perf_counter()
-        pixels = rasterizer.render_pixels(placed, settings)
+        pixels = rasterizer.render_pixels(placed, settings, frozen=keep)
         warm_up = time.perf_counter() - started
         seconds = []
         for _ in range(frames):
             started = time.perf_counter()
-            pixels = rasterizer.render_pixels(placed, settings)
+            pixels = rasterizer.render_pixels(placed, settings, frozen=keep)
             seconds.append(time.perf_counter() - started)
         started = time.perf_counter()
         encode(pixels, "jpeg")
@@ -132,6 +146,7 @@ def time_raw(
         "height": height,
         "triangles": triangle_count(placed),
         "samples": samples,
+        "keep": keep,
         "frames": frames,
         "setup_s": setup,
         "warm_up_s": warm_up,

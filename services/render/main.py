@@ -44,7 +44,9 @@ async def build(config: ServiceConfig) -> Registration:
     editor = ImageEditor(config.imaging, blobs, storages.resolver)
     # The GL context is made on first use, on the rasterizer's own thread.
     rasterizer = Rasterizer(
-        max_pixels=config.scenes.max_render_pixels, backend=config.scenes.gl_backend
+        max_pixels=config.scenes.max_render_pixels,
+        backend=config.scenes.gl_backend,
+        texture_cache_bytes=config.scenes.texture_cache_bytes,
     )
     token = TokenFile(config.worker.token_file)
     workshop = SceneWorkshop(config.scenes, blobs, scenes, token.metadata, rasterizer)

@@ -448,7 +448,8 @@ class SceneWorkshop:
         placed = await self._scene_or_fail(ctx.tenant, scene_id, render.time)
         ctx.progress(0.4)
         try:
-            image = await self.rasterizer.render_async(placed, render.settings())
+            # Decoded meshes are shared through the mesh cache and never changed in place.
+            image = await self.rasterizer.render_async(placed, render.settings(), frozen=True)
         except SceneEmpty:
             raise JobFailed(f"scene {scene_id} has no meshes to render") from None
         ext = "jpg" if render.format == "jpeg" else "png"

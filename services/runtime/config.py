@@ -256,6 +256,14 @@ class ScenesConfig:
     )
     """Estimated memory, in bytes, of the decoded meshes (arrays and texture pixels) a render
     process keeps between renders and exports of the same scenes (0: none)."""
+    texture_cache_bytes: int = _env_field(
+        "KILN_RENDER_TEXTURE_CACHE_BYTES",
+        256 * 1024 * 1024,
+        "GL memory for textures kept uploaded between renders.",
+    )
+    """Estimated GL memory, in bytes, of the textures (with their mipmaps) a render process
+    keeps uploaded between renders of the same decoded meshes (0: upload every render). On
+    llvmpipe this is ordinary process memory."""
     gl_backend: str = _env_field(
         "KILN_RENDER_GL_BACKEND", "egl", "moderngl's context backend for rendering."
     )
@@ -644,6 +652,8 @@ def _validate_scenes(scenes: ScenesConfig) -> None:
             raise ConfigError(f"{name} must be > 0")
     if scenes.mesh_cache_bytes < 0:
         raise ConfigError("KILN_RENDER_MESH_CACHE_BYTES must be >= 0")
+    if scenes.texture_cache_bytes < 0:
+        raise ConfigError("KILN_RENDER_TEXTURE_CACHE_BYTES must be >= 0")
     if scenes.gl_backend not in {"egl", "x11"}:
         raise ConfigError("KILN_RENDER_GL_BACKEND must be egl or x11")
 

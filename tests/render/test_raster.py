@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import io
 import math
 from collections.abc import Iterator
@@ -468,3 +469,99 @@ def test_a_closed_rasterizer_refuses_work() -> None:
     closed.close()
     with pytest.raises(RuntimeError):
         closed.render_pixels([box()], settings(size=(8, 8)))
+
+
+# --- what is kept between renders --------------------------------------------------------------
+
+
+def counting_uploads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    uploads: list[int] = []
+    upload = raster._upload_texture
+
+    def counted(ctx: object, pixels: np.ndarray) -> object:
+        uploads.append(id(pixels))
+        return upload(ctx, pixels)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(raster, "_upload_texture", counted)
+    return uploads
+
+
+def test_a_texture_is_uploaded_once_while_its_image_lives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uploads = counting_uploads(monkeypatch)
+    quad = textured_quad(halves(RED, BLUE, axis=1))
+    with Rasterizer() as keeper:
+        first = keeper.render_pixels([quad], settings(FRONT))
+        again = keeper.render_pixels([quad], settings(FRONT, size=(120, 80)))
+        assert len(uploads) == 1
+        assert keeper.resident_textures == (1, 64 * 64 * 4 * 4 // 3)
+        assert_colour(at(first, 0.35, 0.5), RED)
+        assert_colour(at(again, 0.65, 0.5), BLUE)
+        # The image gone (its mesh dropped), the texture is released at the next render.
+        del quad, first, again
+        gc.collect()  # trimesh's visuals and meshes refer to each other
+        keeper.render_pixels([box()], settings(size=(16, 16)))
+        assert keeper.resident_textures == (0, 0)
+        assert keeper.leaked_objects == 0
+
+
+def test_textures_beyond_the_budget_are_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    uploads = counting_uploads(monkeypatch)
+    one_texture = 64 * 64 * 4 * 4 // 3
+    red, blue = textured_quad(halves(RED, RED, 1)), textured_quad(halves(BLUE, BLUE, 1))
+    with Rasterizer(texture_cache_bytes=one_texture) as keeper:
+        assert_colour(at(keeper.render_pixels([red], settings(FRONT)), 0.5, 0.5), RED)
+        assert_colour(at(keeper.render_pixels([blue], settings(FRONT)), 0.5, 0.5), BLUE)
+        assert keeper.resident_textures == (1, one_texture)  # blue replaced red
+        assert_colour(at(keeper.render_pixels([blue], settings(FRONT)), 0.5, 0.5), BLUE)
+        assert len(uploads) == 2
+        assert keeper.leaked_objects == 0
+    with Rasterizer(texture_cache_bytes=0) as forgetful:
+        forgetful.render_pixels([red], settings(FRONT))
+        forgetful.render_pixels([red], settings(FRONT))
+        assert forgetful.resident_textures == (0, 0)
+        assert len(uploads) == 4
+        assert forgetful.leaked_objects == 0
+
+
+def test_frozen_scenes_reuse_their_geometry(monkeypatch: pytest.MonkeyPatch) -> None:
+    prepared: list[int] = []
+    geometry = raster.scene_geometry
+
+    def counted(items: list[Placed]) -> raster.SceneGeometry:
+        prepared.append(len(items))
+        return geometry(items)
+
+    monkeypatch.setattr(raster, "scene_geometry", counted)
+    mesh = trimesh.creation.box()
+    with Rasterizer() as keeper:
+        uncached = keeper.render_pixels([placed(mesh)], settings())
+        keeper.render_pixels([placed(mesh)], settings())
+        assert len(prepared) == 2 and len(keeper.geometry_cache) == 0  # not frozen: no reuse
+        first = keeper.render_pixels([placed(mesh)], settings(), frozen=True)
+        second = keeper.render_pixels([placed(mesh)], settings(), frozen=True)
+        assert len(prepared) == 3
+        assert np.array_equal(first, uncached) and np.array_equal(second, uncached)
+        # Another transform is another scene: prepared again, and drawn where it now stands.
+        moved = keeper.render_pixels(
+            [placed(mesh), placed(mesh, translation(3, 0, 0))], settings(FRONT), frozen=True
+        )
+        assert len(prepared) == 4 and len(keeper.geometry_cache) == 2
+        assert covered(moved)[:, :60].any() and covered(moved)[:, -60:].any()
+        # A new mesh object never matches an old entry, even with equal geometry.
+        keeper.render_pixels([placed(trimesh.creation.box())], settings(), frozen=True)
+        assert len(prepared) == 5
+
+
+def test_the_geometry_budget_evicts_the_least_recent() -> None:
+    small, large = trimesh.creation.box(), trimesh.creation.icosphere(subdivisions=3)
+    budget = raster.scene_geometry([placed(large)]).nbytes
+    cache = raster.GeometryCache(budget)
+    cache.geometry([placed(small)])
+    assert len(cache) == 1
+    cache.geometry([placed(large)])  # pushes the box out: both do not fit
+    assert len(cache) == 1 and cache.held_bytes == budget
+    too_big = raster.GeometryCache(budget - 1)
+    assert too_big.geometry([placed(large)]).nbytes == budget  # prepared, not kept
+    assert len(too_big) == 0 and too_big.held_bytes == 0

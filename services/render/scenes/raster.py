@@ -37,15 +37,23 @@ Anti-aliasing. 4x MSAA into a multisample framebuffer, resolved with `copy_frame
 measured 0.15 s per frame with 4x MSAA and 0.11 s without (median of 10 after a warm-up frame of
 0.3 s that compiles the shaders; about 0.045 s of each frame is `prepare_scene`; JPEG encoding
 adds 0.005 s; creating the context 0.03 s). Well under 0.5 s, so MSAA stays on by default
-(`Rasterizer(samples=0)` turns it off). Framebuffers of the last size are kept between renders
-(up to `KEEP_TARGETS_PIXELS`); everything else (buffers, textures, vertex arrays) is released
-after each render, and the context's `context_gc` mode lets a sweep after each render find and
-release any GL object a bug dropped unreleased (`Rasterizer.leaked_objects` counts them).
+(`Rasterizer(samples=0)` turns it off).
+
+What is kept between renders. Framebuffers of the last size (up to `KEEP_TARGETS_PIXELS`);
+textures, uploaded once per decoded image while it lives, up to a byte budget
+(`_ResidentTextures`: upload and mipmaps were about 45 ms of that 0.15 s frame); and, for
+meshes the caller declares `frozen` (never changed in place, as the render service's decoded
+meshes are), the camera-independent geometry of the last scenes (`GeometryCache`: about 30 ms).
+A scene drawn again at another camera or size then costs its draw alone. Buffers and vertex
+arrays are made and released per render, and the context's `context_gc` mode lets a sweep after
+each render find and release any GL object a bug dropped unreleased
+(`Rasterizer.leaked_objects` counts them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import logging
@@ -72,6 +80,8 @@ JPEG_QUALITY = 90
 MARGIN = 1.05
 """The bounding sphere fills 1 / MARGIN of the narrower field of view."""
 AMBIENT = 0.35
+DEFAULT_TEXTURE_CACHE_BYTES = 256 * 1024 * 1024
+"""Textures kept uploaded between renders (`Rasterizer(texture_cache_bytes=...)`)."""
 KEEP_TARGETS_PIXELS = 2048 * 2048
 """Framebuffers up to this size stay for the next render of the same size; larger ones (4x MSAA
 at 4096 x 4096 is over 600 MB) are released at once."""
@@ -184,9 +194,8 @@ class MeshArrays:
     indices: npt.NDArray[np.uint32] | None
     base_factor: tuple[float, float, float, float]
     texture: npt.NDArray[np.uint8] | None
-    """H x W x 4 RGBA, first row the image's top (sampled at 1 - v)."""
-    texture_key: int
-    """Meshes sharing a texture image share one upload."""
+    """H x W x 4 RGBA, first row the image's top (sampled at 1 - v); meshes sharing an image
+    share this array, and so one texture."""
 
 
 @dataclass(frozen=True)
@@ -481,11 +490,27 @@ def _mesh_arrays(
     if look.image is not None and key not in textures:
         textures[key] = _texture_pixels(look.image)
     texture = textures.get(key) if look.image is not None else None
-    return MeshArrays(vertices, indices, look.factor, texture, key)
+    return MeshArrays(vertices, indices, look.factor, texture)
 
 
-def prepare_scene(placed: Sequence[Placed], settings: RenderSettings) -> PreparedScene:
-    """The scene as arrays for one image; pure numpy, safe on any thread.
+@dataclass(frozen=True)
+class SceneGeometry:
+    """What a scene's images share whatever the camera: its meshes centred on the origin."""
+
+    meshes: tuple[MeshArrays, ...]
+    radius: float
+    """Every drawn vertex lies within this distance of the origin."""
+
+    @property
+    def nbytes(self) -> int:
+        """Vertex and index bytes (texture pixels are shared, and counted where they are kept)."""
+        return sum(
+            m.vertices.nbytes + (0 if m.indices is None else m.indices.nbytes) for m in self.meshes
+        )
+
+
+def scene_geometry(placed: Sequence[Placed]) -> SceneGeometry:
+    """The camera-independent part of preparing a scene; pure numpy, safe on any thread.
 
     Raises `SceneEmpty` when no mesh has a drawable triangle."""
     world = _world_meshes(placed)
@@ -496,13 +521,83 @@ def prepare_scene(placed: Sequence[Placed], settings: RenderSettings) -> Prepare
     high = np.max([u.max(axis=0) for u in used], axis=0)
     centre = (low + high) / 2.0
     radius = max(float(np.linalg.norm(u - centre, axis=1).max()) for u in used)
-    view_projection, towards = camera_matrices(
-        settings.camera, radius, settings.width, settings.height
-    )
     textures: dict[int, npt.NDArray[np.uint8] | None] = {}
     meshes = tuple(_mesh_arrays(m, centre, textures) for m in world)
+    return SceneGeometry(meshes, radius)
+
+
+class GeometryCache:
+    """Prepared geometry of the scenes drawn lately, least recently used first, up to a byte
+    budget: a scene drawn again from the same decoded meshes (the render service keeps them,
+    `MeshCache`) at the same transforms skips its preparation, about a fifth of a frame.
+
+    An entry is keyed by its meshes' identities and transforms and holds only weak references
+    to the meshes: a mesh that is gone (or a new one at the same address) never matches, and
+    entries whose meshes are gone are dropped at the next use. Thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: collections.OrderedDict[
+            tuple[tuple[int, bytes], ...],
+            tuple[tuple[weakref.ref[trimesh.Trimesh], ...], SceneGeometry],
+        ] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def geometry(self, placed: Sequence[Placed]) -> SceneGeometry:
+        """The scene's geometry, from the cache or prepared now (and kept if it fits)."""
+        key = tuple(
+            (id(p.mesh), np.asarray(p.transform, dtype=np.float64).tobytes()) for p in placed
+        )
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and _same_meshes(entry[0], placed):
+                self._entries.move_to_end(key)
+                return entry[1]
+        geometry = scene_geometry(placed)
+        if geometry.nbytes <= self.max_bytes:
+            refs = tuple(weakref.ref(p.mesh) for p in placed)
+            with self._lock:
+                self._drop_where(lambda k, e: k == key or any(r() is None for r in e[0]))
+                self._entries[key] = (refs, geometry)
+                self._bytes += geometry.nbytes
+                while self._bytes > self.max_bytes:
+                    self._drop(next(iter(self._entries)))
+        return geometry
+
+    @property
+    def held_bytes(self) -> int:
+        """Vertex and index bytes held."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _drop_where(self, doomed: Callable[[Any, Any], bool]) -> None:
+        for key in [k for k, e in self._entries.items() if doomed(k, e)]:
+            self._drop(key)
+
+    def _drop(self, key: tuple[tuple[int, bytes], ...]) -> None:
+        _, geometry = self._entries.pop(key)
+        self._bytes -= geometry.nbytes
+
+
+def _same_meshes(refs: Sequence[weakref.ref[trimesh.Trimesh]], placed: Sequence[Placed]) -> bool:
+    return all(ref() is item.mesh for ref, item in zip(refs, placed, strict=True))
+
+
+def prepare_scene(
+    placed: Sequence[Placed], settings: RenderSettings, cache: GeometryCache | None = None
+) -> PreparedScene:
+    """The scene as arrays for one image; pure numpy, safe on any thread.
+
+    Raises `SceneEmpty` when no mesh has a drawable triangle."""
+    geometry = scene_geometry(placed) if cache is None else cache.geometry(placed)
+    view_projection, towards = camera_matrices(
+        settings.camera, geometry.radius, settings.width, settings.height
+    )
     return PreparedScene(
-        meshes=meshes,
+        meshes=geometry.meshes,
         view_projection=view_projection.astype(np.float32),
         towards_camera=(float(towards[0]), float(towards[1]), float(towards[2])),
         width=settings.width,
@@ -564,15 +659,24 @@ class Rasterizer:
     made them). Thread-safe: renders from any thread queue up on that one."""
 
     def __init__(
-        self, *, max_pixels: int = 4096 * 4096, backend: str = "egl", samples: int = 4
+        self,
+        *,
+        max_pixels: int = 4096 * 4096,
+        backend: str = "egl",
+        samples: int = 4,
+        texture_cache_bytes: int = DEFAULT_TEXTURE_CACHE_BYTES,
     ) -> None:
         if max_pixels < 1:
             raise ValueError("max_pixels must be positive")
         if samples < 0:
             raise ValueError("samples must be 0 (no MSAA) or more")
+        if texture_cache_bytes < 0:
+            raise ValueError("texture_cache_bytes must be 0 (none) or more")
         self.max_pixels = max_pixels
         self._backend = backend
         self._samples = samples
+        self._texture_cache_bytes = texture_cache_bytes
+        self.geometry_cache = GeometryCache(texture_cache_bytes)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="kiln-gl"
         )
@@ -585,22 +689,30 @@ class Rasterizer:
     # --- public ----------------------------------------------------------------------------
 
     def render_pixels(
-        self, placed: Sequence[Placed], settings: RenderSettings
+        self, placed: Sequence[Placed], settings: RenderSettings, *, frozen: bool = False
     ) -> npt.NDArray[np.uint8]:
-        """The scene as H x W x 3 RGB pixels, top row first. Blocks until drawn."""
+        """The scene as H x W x 3 RGB pixels, top row first. Blocks until drawn.
+
+        `frozen`: the caller never changes these meshes in place (the render service's decoded
+        meshes), so their prepared geometry may be kept and reused (`geometry_cache`)."""
         self._check(settings)
-        prepared = prepare_scene(placed, settings)
+        prepared = prepare_scene(placed, settings, self.geometry_cache if frozen else None)
         return self._on_gl_thread(functools.partial(self._draw, prepared)).result()
 
-    def render(self, placed: Sequence[Placed], settings: RenderSettings) -> bytes:
+    def render(
+        self, placed: Sequence[Placed], settings: RenderSettings, *, frozen: bool = False
+    ) -> bytes:
         """The scene as an encoded image (`settings.format`). Blocks until done."""
-        return encode(self.render_pixels(placed, settings), settings.format)
+        return encode(self.render_pixels(placed, settings, frozen=frozen), settings.format)
 
-    async def render_async(self, placed: Sequence[Placed], settings: RenderSettings) -> bytes:
+    async def render_async(
+        self, placed: Sequence[Placed], settings: RenderSettings, *, frozen: bool = False
+    ) -> bytes:
         """`render` without blocking the event loop."""
         self._check(settings)
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(None, prepare_scene, placed, settings)
+        cache = self.geometry_cache if frozen else None
+        prepared = await loop.run_in_executor(None, prepare_scene, placed, settings, cache)
         future = self._on_gl_thread(functools.partial(self._draw, prepared))
         pixels = await asyncio.wrap_future(future)
         return await loop.run_in_executor(None, encode, pixels, settings.format)
@@ -658,8 +770,18 @@ class Rasterizer:
 
     def _context(self) -> _GL:
         if self._gl is None:
-            self._gl = _GL.create(self._backend)
+            self._gl = _GL.create(self._backend, self._texture_cache_bytes)
         return self._gl
+
+    @property
+    def resident_textures(self) -> tuple[int, int]:
+        """(textures, bytes) kept on the GL side between renders."""
+        return self._on_gl_thread(self._resident).result()
+
+    def _resident(self) -> tuple[int, int]:
+        if self._gl is None:
+            return (0, 0)
+        return (len(self._gl.textures.entries), self._gl.textures.bytes)
 
     def _info(self) -> dict[str, str]:
         info = self._context().ctx.info
@@ -681,12 +803,79 @@ class Rasterizer:
             gl.release()
 
 
+@dataclass
+class _ResidentTexture:
+    pixels: weakref.ref[npt.NDArray[np.uint8]]
+    """The pixels it was made from; dead once nothing else holds them (the image is gone)."""
+    texture: moderngl.Texture
+    nbytes: int
+
+
+class _ResidentTextures:
+    """Textures kept on the GL side between renders, least recently used first, up to a byte
+    budget. Uploading a texture and building its mipmaps is most of a frame on llvmpipe (about
+    6 ms per 1024 px texture here, against 3 ms to draw 12k triangles), and the render service
+    draws the same decoded meshes again (`MeshCache`), so a texture is uploaded once per image.
+
+    Keyed by the pixel array `_texture_pixels` keeps per image, checked through a weak
+    reference: an entry never keeps an image's pixels alive, and one whose pixels are gone is
+    released at the next render (GL objects can only be released on the GL thread)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.entries: collections.OrderedDict[int, _ResidentTexture] = collections.OrderedDict()
+        self.bytes = 0
+
+    def get(self, pixels: npt.NDArray[np.uint8]) -> moderngl.Texture | None:
+        entry = self.entries.get(id(pixels))
+        if entry is None or entry.pixels() is not pixels:
+            return None
+        self.entries.move_to_end(id(pixels))
+        return entry.texture
+
+    def keep(self, pixels: npt.NDArray[np.uint8], texture: moderngl.Texture) -> bool:
+        """Keeps `texture` for `pixels` if it fits the budget; False: the caller releases it."""
+        nbytes = _texture_bytes(pixels)
+        if nbytes > self.max_bytes:
+            return False
+        self._drop(id(pixels))
+        self.entries[id(pixels)] = _ResidentTexture(weakref.ref(pixels), texture, nbytes)
+        self.bytes += nbytes
+        return True
+
+    def trim(self, in_use: set[int]) -> None:
+        """Releases entries whose pixels are gone, then the least recently used until the
+        budget holds, sparing the textures of the render in progress."""
+        for key in [k for k, e in self.entries.items() if e.pixels() is None]:
+            self._drop(key)
+        for key in list(self.entries):
+            if self.bytes <= self.max_bytes:
+                break
+            if key not in in_use:
+                self._drop(key)
+
+    def release(self) -> None:
+        for key in list(self.entries):
+            self._drop(key)
+
+    def _drop(self, key: int) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry.nbytes
+            entry.texture.release()
+
+
+def _texture_bytes(pixels: npt.NDArray[np.uint8]) -> int:
+    return pixels.nbytes * 4 // 3  # the mipmap chain adds a third
+
+
 class _GL:
     """The context and what lives as long as it: the program, a white texture for untextured
-    meshes, the framebuffers of the last image size."""
+    meshes, the framebuffers of the last image size, the resident textures."""
 
-    def __init__(self, ctx: moderngl.Context) -> None:
+    def __init__(self, ctx: moderngl.Context, texture_cache_bytes: int = 0) -> None:
         self.ctx = ctx
+        self.textures = _ResidentTextures(texture_cache_bytes)
         self.program = ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER)
         self.white = ctx.texture((1, 1), 4, b"\xff\xff\xff\xff")
         self.uniforms = {
@@ -696,13 +885,13 @@ class _GL:
         self.targets: _Targets | None = None
 
     @classmethod
-    def create(cls, backend: str) -> _GL:
+    def create(cls, backend: str, texture_cache_bytes: int = 0) -> _GL:
         settings: dict[str, Any] = {"backend": backend}
         ctx = moderngl.create_context(require=330, standalone=True, **settings)
         # Wrappers dropped without release() land in ctx.objects, where `_collect` finds them.
         ctx.gc_mode = "context_gc"
         try:
-            gl = cls(ctx)
+            gl = cls(ctx, texture_cache_bytes)
         except BaseException:
             ctx.release()
             raise
@@ -738,15 +927,12 @@ class _GL:
             uniforms["view_projection"].write(prepared.view_projection.T.tobytes())
             uniforms["towards_camera"].value = prepared.towards_camera
             uniforms["ambient"].value = AMBIENT
-            textures: dict[int, moderngl.Texture] = {}
+            in_use: set[int] = set()
             for mesh in prepared.meshes:
                 texture = self.white
                 if mesh.texture is not None:
-                    shared = textures.get(mesh.texture_key)
-                    if shared is None:
-                        shared = _upload_texture(ctx, mesh.texture, owned)
-                        textures[mesh.texture_key] = shared
-                    texture = shared
+                    texture = self._texture(mesh.texture, owned)
+                    in_use.add(id(mesh.texture))
                 vbo = ctx.buffer(mesh.vertices.tobytes())
                 owned.append(vbo)
                 ibo = None
@@ -769,6 +955,7 @@ class _GL:
         finally:
             for obj in reversed(owned):
                 obj.release()
+            self.textures.trim(in_use)
             if prepared.width * prepared.height > KEEP_TARGETS_PIXELS:
                 targets.release()
                 self.targets = None
@@ -776,8 +963,19 @@ class _GL:
         # GL's first row is the bottom one.
         return np.ascontiguousarray(pixels[::-1])
 
+    def _texture(self, pixels: npt.NDArray[np.uint8], owned: list[_Releasable]) -> moderngl.Texture:
+        """The texture of `pixels`: resident, or uploaded now (and kept if it fits; textures
+        that do not are released with the render's other objects)."""
+        texture = self.textures.get(pixels)
+        if texture is None:
+            texture = _upload_texture(self.ctx, pixels)
+            if not self.textures.keep(pixels, texture):
+                owned.append(texture)
+        return texture
+
     def release(self) -> None:
         try:
+            self.textures.release()
             if self.targets is not None:
                 self.targets.release()
             self.program.release()
@@ -810,12 +1008,9 @@ def _collect(ctx: moderngl.Context) -> int:
     return alive
 
 
-def _upload_texture(
-    ctx: moderngl.Context, pixels: npt.NDArray[np.uint8], owned: list[_Releasable]
-) -> moderngl.Texture:
+def _upload_texture(ctx: moderngl.Context, pixels: npt.NDArray[np.uint8]) -> moderngl.Texture:
     height, width = pixels.shape[:2]
     texture = ctx.texture((width, height), 4, np.ascontiguousarray(pixels).tobytes())
-    owned.append(texture)
     texture.repeat_x = True
     texture.repeat_y = True
     texture.build_mipmaps()
