@@ -50,18 +50,19 @@ class Layout:
     env: dict[str, str]
     gateway_port: int
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    grpc_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def gateway(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
 
 
-@pytest.fixture
-def layout(tmp_path: Path) -> Layout:
-    # The caller's KILN_* settings must not leak in: the test decides every one of them.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+def make_layout(data_dir: Path, **settings: str) -> Layout:
+    """The launcher's environment for a suite of its own on free ports, state in `data_dir`;
+    `settings` (KILN_* names) are added last. The caller's KILN_* and OTEL_* settings never
+    leak in: the test decides every one of them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "OTEL_"))}
     ports = free_ports(2 + 2 * len(SERVICE_NAMES))
-    data_dir = tmp_path / "var"
     env.update(
         {
             "PYTHONPATH": f"{REPO / 'gen'}{os.pathsep}{REPO}",
@@ -78,4 +79,11 @@ def layout(tmp_path: Path) -> Layout:
         env[f"KILN_{name.upper()}_PORT"] = str(grpc_port)
         env[f"KILN_{name.upper()}_METRICS_PORT"] = str(metrics_port)
         result.metrics_ports[name] = metrics_port
+        result.grpc_ports[name] = grpc_port
+    env.update(settings)
     return result
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Layout:
+    return make_layout(tmp_path / "var")

@@ -29,7 +29,7 @@ from services.runtime.config import (
     load_service_config,
 )
 from services.runtime.errors import ConfigError
-from tests.e2e.conftest import REPO, START_TIMEOUT, free_ports, launch
+from tests.e2e.conftest import REPO, START_TIMEOUT, launch, make_layout
 from tests.observability import promql
 
 pytestmark = pytest.mark.timeout(120)
@@ -251,37 +251,24 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     tracing into one JSON-lines file."""
     root = tmp_path_factory.mktemp("observability")
     traces = root / "traces.jsonl"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "OTEL_"))}
-    ports = free_ports(2 + 2 * len(SERVICE_NAMES))
-    data_dir = root / "var"
-    env.update(
-        {
-            "PYTHONPATH": f"{REPO / 'gen'}{os.pathsep}{REPO}",
-            "KILN_DATA_DIR": str(data_dir),
-            "KILN_GATEWAY_PORT": str(ports[0]),
-            "KILN_S3_PORT": str(ports[1]),
-            "KILN_SHUTDOWN_GRACE_SECONDS": "3",
-            "KILN_LOG_LEVEL": "WARNING",
-            # The queue gauges are sampled every 5 rounds: once a second here.
-            "KILN_JOBS_REAP_INTERVAL_SECONDS": "0.2",
-            "KILN_TRACING": "file",
-            "KILN_TRACING_FILE": str(traces),
-        }
+    layout = make_layout(
+        root / "var",
+        KILN_LOG_LEVEL="WARNING",
+        # The queue gauges are sampled every 5 rounds: once a second here.
+        KILN_JOBS_REAP_INTERVAL_SECONDS="0.2",
+        KILN_TRACING="file",
+        KILN_TRACING_FILE=str(traces),
     )
-    metrics_urls = {"gateway": f"http://127.0.0.1:{ports[0]}/metrics"}
-    grpc_targets = {}
-    for i, name in enumerate(SERVICE_NAMES):
-        grpc_port, metrics_port = ports[2 + 2 * i], ports[3 + 2 * i]
-        env[f"KILN_{name.upper()}_PORT"] = str(grpc_port)
-        env[f"KILN_{name.upper()}_METRICS_PORT"] = str(metrics_port)
-        metrics_urls[name] = f"http://127.0.0.1:{metrics_port}/metrics"
-        grpc_targets[name] = f"127.0.0.1:{grpc_port}"
+    env, data_dir = layout.env, layout.data_dir
+    metrics_urls = {"gateway": f"{layout.gateway}/metrics"}
+    metrics_urls |= {
+        name: f"http://127.0.0.1:{port}/metrics" for name, port in layout.metrics_ports.items()
+    }
+    grpc_targets = {name: f"127.0.0.1:{port}" for name, port in layout.grpc_ports.items()}
     up = launch(env, "--detach", timeout=START_TIMEOUT + 40)
     assert up.returncode == 0, up.stdout + up.stderr
     try:
-        yield Suite(
-            env, data_dir, f"http://127.0.0.1:{ports[0]}", metrics_urls, grpc_targets, traces
-        )
+        yield Suite(env, data_dir, layout.gateway, metrics_urls, grpc_targets, traces)
     finally:
         launch(env, "--stop", timeout=60)
 
