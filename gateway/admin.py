@@ -5,9 +5,10 @@
     kiln clients list [--tenant T]
     kiln clients disable CLIENT_ID | enable CLIENT_ID | delete CLIENT_ID
     kiln clients limit CLIENT_ID --rate R --burst B | --default
+    kiln clients rotate CLIENT_ID
 
-`create` prints the new secret once, in its JSON answer: it is stored only as an argon2 hash.
-Scopes default to `*` (every service, read and write; never `jobs.worker`). The store is
+`create` and `rotate` print the new secret once, in their JSON answer: it is stored only as an
+argon2 hash. Scopes default to `*` (every service, read and write; never `jobs.worker`). The store is
 KILN_GATEWAY_DATABASE_URL's (the gateway's own SQLite file by default), migrated first, so the
 command works before the gateway ever ran. Every answer is one JSON document on stdout; errors
 go to stderr with exit status 1.
@@ -85,6 +86,11 @@ async def _command(store: ClientStore, args: argparse.Namespace) -> Any:
         await _known(store, args.client_id)
         await store.set_disabled(args.client_id, args.action == "disable")
         return _client_json(await _known(store, args.client_id))
+    if args.action == "rotate":
+        secret = secrets.token_urlsafe(32)
+        if not await store.set_secret(args.client_id, secret):
+            raise AdminError(f"no client {args.client_id!r}")
+        return {**_client_json(await _known(store, args.client_id)), "client_secret": secret}
     if args.action == "delete":
         if not await store.delete(args.client_id):
             raise AdminError(f"no client {args.client_id!r}")
@@ -120,6 +126,7 @@ def parser() -> argparse.ArgumentParser:
     for name, text in (
         ("disable", "refuse its credentials and new tokens"),
         ("enable", "accept them again"),
+        ("rotate", "give it a new secret, printed once; the old one stops working"),
         ("delete", "remove it"),
     ):
         actions.add_parser(name, help=text).add_argument("client_id")

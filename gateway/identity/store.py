@@ -219,6 +219,21 @@ class ClientStore:
             )
         self.forget(client_id)
 
+    async def set_secret(self, client_id: str, secret: str) -> bool:
+        """Replaces the client's secret (rotation); False when there is no such client. Other
+        processes' verification caches keep the old secret for up to their `cache_seconds`."""
+        if not secret:
+            raise InvalidArgument("a client secret cannot be empty", field="client_secret")
+        secret_hash = await self._hash(secret)
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(ApiClientRow)
+                .where(ApiClientRow.client_id == client_id)
+                .values(secret_hash=secret_hash)
+            )
+        self.forget(client_id)
+        return bool(getattr(result, "rowcount", 0))
+
     async def set_disabled(self, client_id: str, disabled: bool) -> None:
         """Disables (or re-enables) a client; its cached verification goes at once."""
         async with self._sessions.begin() as session:

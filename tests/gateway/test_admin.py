@@ -47,6 +47,16 @@ async def test_clients_lifecycle(
         )
         assert limited["rate_per_second"] == 5.0 and limited["rate_burst"] == 10  # type: ignore[index]
 
+        status, rotated, _ = await _in_thread(run, capsys, "clients", "rotate", "ci")
+        assert status == 0 and rotated["client_id"] == "ci"  # type: ignore[index]
+        new_secret = rotated["client_secret"]  # type: ignore[index]
+        assert len(new_secret) >= 40 and new_secret != secret
+        assert rotated["rate_per_second"] == 5.0  # the rest of the client is kept
+        rotated_store = ClientStore(db.sessionmaker(engine))
+        assert await rotated_store.verify("ci", secret) is None
+        assert (await rotated_store.verify("ci", new_secret)) is not None
+        secret = new_secret
+
         status, disabled, _ = await _in_thread(run, capsys, "clients", "disable", "ci")
         assert disabled["disabled"] is True  # type: ignore[index]
         assert await ClientStore(db.sessionmaker(engine)).verify("ci", secret) is None
@@ -57,6 +67,7 @@ async def test_clients_lifecycle(
             (("clients", "create", "bad:id", "--tenant", "t"), "client_id"),
             (("clients", "limit", "ci", "--rate", "5"), "both"),
             (("clients", "disable", "nobody"), "no client"),
+            (("clients", "rotate", "nobody"), "no client"),
         ):
             status, _, err = await _in_thread(run, capsys, *argv)
             assert status == 1 and message in err, (argv, err)
