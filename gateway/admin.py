@@ -8,10 +8,10 @@
     kiln clients rotate CLIENT_ID
 
 `create` and `rotate` print the new secret once, in their JSON answer: it is stored only as an
-argon2 hash. Scopes default to `*` (every service, read and write; never `jobs.worker`). The store is
-KILN_GATEWAY_DATABASE_URL's (the gateway's own SQLite file by default), migrated first, so the
-command works before the gateway ever ran. Every answer is one JSON document on stdout; errors
-go to stderr with exit status 1.
+argon2 hash. Scopes default to `*` (every service, read and write; never `jobs.worker`). The
+store is KILN_GATEWAY_DATABASE_URL's (the gateway's own SQLite file by default), migrated
+first, so the command works before the gateway ever ran. Every answer is one JSON document on
+stdout; errors go to stderr with exit status 1.
 """
 
 from __future__ import annotations
