@@ -565,3 +565,16 @@ def test_the_geometry_budget_evicts_the_least_recent() -> None:
     too_big = raster.GeometryCache(budget - 1)
     assert too_big.geometry([placed(large)]).nbytes == budget  # prepared, not kept
     assert len(too_big) == 0 and too_big.held_bytes == 0
+
+
+def test_geometry_of_meshes_that_are_gone_is_dropped_at_the_next_use() -> None:
+    cache = raster.GeometryCache(1 << 30)
+    kept, dropped = trimesh.creation.box(), trimesh.creation.icosphere()
+    cache.geometry([placed(kept)])
+    cache.geometry([placed(dropped)])
+    assert len(cache) == 2
+    del dropped
+    gc.collect()
+    cache.geometry([placed(kept)])  # a hit: nothing new is stored, the dead entry still goes
+    assert len(cache) == 1
+    assert cache.held_bytes == raster.scene_geometry([placed(kept)]).nbytes

@@ -550,6 +550,9 @@ class GeometryCache:
             (id(p.mesh), np.asarray(p.transform, dtype=np.float64).tobytes()) for p in placed
         )
         with self._lock:
+            # An entry whose meshes are gone can never match again, and it holds their arrays
+            # (texture pixels included): drop it now, not when the budget runs out.
+            self._drop_where(lambda _, e: any(r() is None for r in e[0]))
             entry = self._entries.get(key)
             if entry is not None and _same_meshes(entry[0], placed):
                 self._entries.move_to_end(key)
@@ -558,7 +561,7 @@ class GeometryCache:
         if geometry.nbytes <= self.max_bytes:
             refs = tuple(weakref.ref(p.mesh) for p in placed)
             with self._lock:
-                self._drop_where(lambda k, e: k == key or any(r() is None for r in e[0]))
+                self._drop_where(lambda k, _: k == key)
                 self._entries[key] = (refs, geometry)
                 self._bytes += geometry.nbytes
                 while self._bytes > self.max_bytes:
