@@ -4,6 +4,7 @@ S3 server (for a presigned PUT). Nothing is mocked: addresses are resolved, conn
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.server
 import ssl
 import threading
@@ -84,6 +85,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self.wfile.write(b"x" * 16384)
             except OSError:
                 pass  # the client hung up at its cap, as it should
+        elif path in ("/gzipped", "/gzip-bomb"):
+            # Compressed although the client asked for identity: still decoded, and the cap
+            # counts what it decodes to (2 MiB of zeros are 2 KiB of gzip).
+            raw = BODY if path == "/gzipped" else bytes(2 * 1024 * 1024)
+            packed = gzip.compress(raw)
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(packed)))
+            self.end_headers()
+            self.wfile.write(packed)
+        elif path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            # Chunks of one byte to several kilobytes, so small ones are gathered and large
+            # ones kept as they come.
+            start, sizes = 0, [1, 700, 5000, 3, 3000]
+            while start < len(BODY):
+                part = BODY[start : start + sizes[start % len(sizes)]]
+                start += len(part)
+                self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
         elif path == "/slow":
             time.sleep(1.5)
             self.send_response(200)
@@ -253,6 +276,16 @@ async def test_size_cap_with_and_without_content_length(
         await fetch_url(_url(server, "/big-streamed"), policy)
     exact = _policy("127.0.0.1", max_bytes=len(BODY))
     assert (await fetch_url(_url(server, "/files/a.png"), exact)).data == BODY
+
+
+async def test_the_body_arrives_whole_however_it_is_framed(
+    server: http.server.ThreadingHTTPServer,
+) -> None:
+    policy = _policy("127.0.0.1", max_bytes=len(BODY))
+    assert (await fetch_url(_url(server, "/chunked"), policy)).data == BODY
+    assert (await fetch_url(_url(server, "/gzipped"), policy)).data == BODY
+    with pytest.raises(InputUnreachable, match="KILN_FETCH_MAX_BYTES"):
+        await fetch_url(_url(server, "/gzip-bomb"), _policy("127.0.0.1", max_bytes=1 << 20))
 
 
 async def test_one_overall_timeout(server: http.server.ThreadingHTTPServer) -> None:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
+_MIN_KEPT_CHUNK = 4096
 _HOST_NAME = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -285,17 +286,49 @@ async def _fetch(url: str, policy: FetchPolicy) -> FetchedFile:
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > policy.max_bytes:
                     raise _too_large(url, policy)
-                body = bytearray()
-                async for chunk in response.aiter_bytes(_CHUNK):
-                    body += chunk
-                    if len(body) > policy.max_bytes:
-                        raise _too_large(url, policy)
                 name = unquote(urlsplit(current).path.rsplit("/", 1)[-1])
                 content_type = response.headers.get("content-type", "").split(";")[0].strip()
-                return FetchedFile(bytes(body), content_type, name)
+                return FetchedFile(await _body(response, url, policy), content_type, name)
             finally:
                 await response.aclose()
         raise _unreachable(url, f"more than {MAX_REDIRECTS} redirects")
+
+
+async def _body(response: httpx.Response, url: str, policy: FetchPolicy) -> bytes:
+    """The response's body, at most `policy.max_bytes` of it.
+
+    A photo is megabytes, so this is the fetch's hot loop: the chunks are kept as they come and
+    joined once, one copy of the body in all. Re-chunking them with `aiter_bytes(n)` into a
+    growing bytearray, then copying that to bytes, doubled the fetch's CPU: 11.6 ms instead of
+    5.7 for a 4.4 MB photo from a server in another process over loopback."""
+    chunks: list[bytes] = []
+    # Tiny chunks are gathered before they are kept: a chunked body of one-byte chunks would
+    # otherwise be a list of millions of objects, many times the cap in memory.
+    small = bytearray()
+    received = 0
+    if response.headers.get("content-encoding", "identity").strip().lower() == "identity":
+        # The raw chunks are the body as sent (h11 has already undone chunked transfer coding).
+        stream = response.aiter_raw()
+    else:
+        # A server that compresses although asked not to: decoded as before, the cap counting
+        # decoded bytes, so a small gzip cannot inflate past it.
+        stream = response.aiter_bytes(_CHUNK)
+    async for chunk in stream:
+        received += len(chunk)
+        if received > policy.max_bytes:
+            raise _too_large(url, policy)
+        if len(chunk) >= _MIN_KEPT_CHUNK:
+            if small:
+                chunks.append(bytes(small))
+                small.clear()
+            chunks.append(chunk)
+        else:
+            small += chunk
+            if len(small) >= _MIN_KEPT_CHUNK:
+                chunks.append(bytes(small))
+                small.clear()
+    chunks.append(bytes(small))
+    return b"".join(chunks)
 
 
 def _too_large(url: str, policy: FetchPolicy) -> InputUnreachable:
