@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.jobs import store
 from services.jobs.pg_hot_path import PgHotPath
 from services.jobs.signals import Signals
+from services.jobs.sqlite_hot_path import LEASE_CANCELED, LEASE_LOST, SqliteHotPath
 from services.jobs.store import (
     CANCELED,
     FAILED,
@@ -142,10 +143,12 @@ class JobQueue:
         blobs: BlobStore | None = None,
         *,
         hot_path: PgHotPath | None = None,
+        sqlite_path: SqliteHotPath | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine = engine
         self._hot = hot_path
+        self._lite = sqlite_path
         self._signals = signals
         self._config = config
         self._caps = config.tenant_caps()
@@ -231,8 +234,12 @@ class JobQueue:
 
     async def _create_batch(self, items: Sequence[NewJob]) -> list[JobRecord | BaseException]:
         now = self._clock()
-        if self._hot is not None:
-            inserted = await self._hot.insert_jobs(items, now)
+        if self._hot is not None or self._lite is not None:
+            if self._hot is not None:
+                inserted = await self._hot.insert_jobs(items, now)
+            else:
+                assert self._lite is not None
+                inserted = await self._lite.insert_jobs(items, now)
             new_kinds = collections.Counter(i.kind for i in items if i.id in inserted)
             self._signals.publish(kinds=new_kinds)
             earlier: dict[tuple[str, str], JobRecord] = {}
@@ -276,10 +283,15 @@ class JobQueue:
     async def get(self, tenant: str, *, job_id: str = "", seq: int = 0) -> JobRecord:
         if not job_id and not seq:
             raise MissingField("job_id is required", field="job_id")
-        async with self._engine.connect() as conn:
-            record = await store.select_job(
-                conn, tenant, job_id=job_id or None, seq=None if job_id else seq
+        if self._lite is not None:
+            record = await self._lite.get(
+                tenant, job_id=job_id or None, seq=None if job_id else seq
             )
+        else:
+            async with self._engine.connect() as conn:
+                record = await store.select_job(
+                    conn, tenant, job_id=job_id or None, seq=None if job_id else seq
+                )
         if record is None:
             raise NotFound(f"job {job_id or seq} not found", field="job_id")
         return record
@@ -444,6 +456,8 @@ class JobQueue:
             claimed = await self._hot.claim(**arguments)
             self._signals.publish(job_ids=[r.id for r in claimed])
             return claimed
+        if self._lite is not None:
+            return await self._lite.claim(**arguments)
         async with self._engine.begin() as conn:
             claimed = await store.claim(conn, **arguments)
             if claimed:
@@ -458,13 +472,28 @@ class JobQueue:
         if not 0.0 <= progress <= 1.0:
             raise InvalidArgument("progress must be between 0 and 1", field="progress")
         now = self._clock()
+
+        def seconds_for(current: float | None) -> float:
+            return min(lease_seconds or current or DEFAULT_LEASE_SECONDS, 3600)
+
+        if self._lite is not None:
+            outcome, expires, moved = await self._lite.heartbeat(
+                job_id, lease_id, progress=progress, seconds=seconds_for, now=now
+            )
+            if outcome == LEASE_LOST:
+                raise LeaseLost(f"the lease on job {job_id} has ended")
+            if outcome == LEASE_CANCELED:
+                return True, now
+            if moved:
+                self._signals.wake_local(job_ids=[job_id])
+            return False, expires
         async with self._engine.begin() as conn:
             current = (await store.select_jobs(conn, [job_id])).get(job_id)
             if current is None or current.lease_id != lease_id:
                 raise LeaseLost(f"the lease on job {job_id} has ended")
             if current.status == CANCELED:
                 return True, now
-            seconds = min(lease_seconds or current.lease_seconds or DEFAULT_LEASE_SECONDS, 3600)
+            seconds = seconds_for(current.lease_seconds)
             values: dict[str, Any] = {"lease_expires_at": now + seconds}
             if progress != current.progress:
                 values["progress"] = progress
@@ -545,6 +574,13 @@ class JobQueue:
                     reasons[id(item)] if isinstance(result, LeaseLost) else result
                     for item, result in zip(items, results, strict=True)
                 ]
+        elif self._lite is not None:
+            for item, record in zip(items, await self._lite.complete(items, now), strict=True):
+                if record is None:
+                    async with self._engine.connect() as conn:
+                        results.append(await self._lease_refusal(conn, item.job_id, item.lease_id))
+                else:
+                    results.append(record)
         else:
             async with self._engine.begin() as conn:
                 for item in items:
@@ -741,9 +777,12 @@ class JobQueue:
             await asyncio.sleep(self._config.reap_interval_seconds)
 
     async def close(self) -> None:
-        """Stops maintenance and closes the hot path's pool (the queue owns it)."""
+        """Stops maintenance and closes the hot path's pool or connections (the queue owns
+        them)."""
         if self._hot is not None:
             await self._hot.close()
+        if self._lite is not None:
+            await self._lite.close()
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()

@@ -10,6 +10,7 @@ from services.jobs.jobs import JobQueue
 from services.jobs.pg_hot_path import PgHotPath
 from services.jobs.servicer import JobServicer, WorkerServicer
 from services.jobs.signals import Signals
+from services.jobs.sqlite_hot_path import SqliteHotPath
 from services.runtime import db
 from services.runtime.config import ServiceConfig
 from services.runtime.server import Registration, servicers
@@ -27,7 +28,14 @@ async def build(config: ServiceConfig) -> Registration:
     dsn = db.postgres_dsn(config.database_url)
     hot_path = None if dsn is None else await PgHotPath.connect(dsn)
     await signals.start(dsn, None if hot_path is None else hot_path.notify_batch)
-    queue = JobQueue(engine, signals, config.jobs, blobs, hot_path=hot_path)
+    queue = JobQueue(
+        engine,
+        signals,
+        config.jobs,
+        blobs,
+        hot_path=hot_path,
+        sqlite_path=SqliteHotPath.for_url(config.database_url),
+    )
     queue.start_maintenance()
     registration = servicers(
         (

@@ -45,6 +45,13 @@ _VERBS = frozenset(
     | {"CREATE", "ALTER", "DROP", "SAVEPOINT", "RELEASE", "LISTEN", "NOTIFY", "SET", "SHOW"}
 )
 _STARTED = "kiln_sql_started"
+#: Every SQLite connection's settings (the jobs service's own sqlite3 connections too).
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=30000",
+)
 
 
 def statement_verb(statement: str) -> str:
@@ -97,10 +104,8 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            for pragma in SQLITE_PRAGMAS:
+                cursor.execute(pragma)
             cursor.close()
 
         return engine

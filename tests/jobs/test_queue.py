@@ -14,6 +14,7 @@ from services.jobs.jobs import JobQueue
 from services.jobs.main import MIGRATIONS
 from services.jobs.pg_hot_path import PgHotPath
 from services.jobs.signals import Signals
+from services.jobs.sqlite_hot_path import SqliteHotPath
 from services.jobs.store import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord
 from services.runtime import db
 from services.runtime.config import JobsConfig
@@ -43,7 +44,8 @@ async def open_queue(
     dsn = db.postgres_dsn(database_url)
     hot_path = None if dsn is None else await PgHotPath.connect(dsn, max_size=2)
     await signals.start(dsn, None if hot_path is None else hot_path.notify_batch)
-    return JobQueue(engine, signals, config, hot_path=hot_path), signals
+    sqlite_path = SqliteHotPath.for_url(database_url)
+    return JobQueue(engine, signals, config, hot_path=hot_path, sqlite_path=sqlite_path), signals
 
 
 @pytest.fixture
@@ -392,3 +394,16 @@ def test_tenant_caps_are_checked() -> None:
     for bad in ("a", "a=0", "=3", "a=x"):
         with pytest.raises(Exception, match="KILN_JOBS_TENANT_CONCURRENCY"):
             JobsConfig(tenant_concurrency=bad).tenant_caps()
+
+
+async def test_a_completion_repeated_in_one_batch_finishes_the_job_once(queue: JobQueue) -> None:
+    created = await queue.create("t16", kind="test.twice", params={"image": None})
+    job_id, lease_id = await lease_one(queue, "test.twice")
+    first, second = await queue.complete_many(
+        [(job_id, lease_id, {"n": 1}, []), (job_id, lease_id, {"n": 2}, [])]
+    )
+    assert isinstance(first, JobRecord) and first.status == SUCCEEDED
+    assert isinstance(second, LeaseLost)
+    final = await queue.get("t16", seq=created.seq)
+    assert final.params == {"image": None} and final.outputs == []
+    assert [t.status for t in final.history] == [QUEUED, RUNNING, SUCCEEDED]
