@@ -25,7 +25,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -132,6 +132,25 @@ def new_lease_id() -> str:
     return secrets.token_hex(16)
 
 
+class _FastPath(Protocol):
+    """The calls both databases' hot paths (`PgHotPath`, `SqliteHotPath`) serve alike."""
+
+    async def insert_jobs(self, items: Sequence[NewJob], now: float) -> dict[str, JobRecord]: ...
+
+    async def claim(
+        self,
+        *,
+        kinds: Sequence[str],
+        limit: int,
+        lease_id: str,
+        lease_seconds: float,
+        worker: str,
+        now: float,
+    ) -> list[JobRecord]: ...
+
+    async def close(self) -> None: ...
+
+
 class JobQueue:
     """Jobs of every tenant in one database; client calls are scoped by the tenant passed in."""
 
@@ -149,6 +168,8 @@ class JobQueue:
         self._engine = engine
         self._hot = hot_path
         self._lite = sqlite_path
+        #: What both hot paths do alike (create, claim, close); the rest differs per database.
+        self._fast: _FastPath | None = hot_path or sqlite_path
         self._signals = signals
         self._config = config
         self._caps = config.tenant_caps()
@@ -234,12 +255,8 @@ class JobQueue:
 
     async def _create_batch(self, items: Sequence[NewJob]) -> list[JobRecord | BaseException]:
         now = self._clock()
-        if self._hot is not None or self._lite is not None:
-            if self._hot is not None:
-                inserted = await self._hot.insert_jobs(items, now)
-            else:
-                assert self._lite is not None
-                inserted = await self._lite.insert_jobs(items, now)
+        if self._fast is not None:
+            inserted = await self._fast.insert_jobs(items, now)
             new_kinds = collections.Counter(i.kind for i in items if i.id in inserted)
             self._signals.publish(kinds=new_kinds)
             earlier: dict[tuple[str, str], JobRecord] = {}
@@ -452,12 +469,11 @@ class JobQueue:
                 # As the hot path's own claims do (its notifications go through its pool).
                 self._signals.publish(job_ids=[r.id for r in claimed])
             return claimed
-        if self._hot is not None:
-            claimed = await self._hot.claim(**arguments)
+        if self._fast is not None:
+            claimed = await self._fast.claim(**arguments)
+            # Nothing to send on SQLite: it has no other replica (Signals knows none).
             self._signals.publish(job_ids=[r.id for r in claimed])
             return claimed
-        if self._lite is not None:
-            return await self._lite.claim(**arguments)
         async with self._engine.begin() as conn:
             claimed = await store.claim(conn, **arguments)
             if claimed:
@@ -779,10 +795,8 @@ class JobQueue:
     async def close(self) -> None:
         """Stops maintenance and closes the hot path's pool or connections (the queue owns
         them)."""
-        if self._hot is not None:
-            await self._hot.close()
-        if self._lite is not None:
-            await self._lite.close()
+        if self._fast is not None:
+            await self._fast.close()
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
