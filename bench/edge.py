@@ -42,12 +42,12 @@ from bench._http import Pool
 from bench._report import Figure, measure, rate_figure, report, with_ratios
 from bench.gateway_overhead import suite_env
 from deploy.envoy import generate
+from deploy.envoy import process as envoy_process
 from deploy.envoy.bootstrap import Upstream
 from deploy.local.seaweed import free_port
 from services.runtime.config import SERVICE_NAMES
 
-ENVOY = Path(sys.executable).parent / "envoy"
-ENVOY_FLAGS = ("--concurrency", "1", "-l", "warning")
+ENVOY = envoy_process.ENVOY
 LAUNCHER = [sys.executable, "-m", "deploy.local.launcher"]
 ASSET, CLYMAN, TRACED = "GetAsset", "CLyman get", "GetAsset traced"
 
@@ -79,27 +79,14 @@ def running_envoy(env: dict[str, str], out: Path) -> Iterator[tuple[int, int]]:
     config.write_text(output.config)
     descriptor.write_bytes(output.descriptor)
     log = out / "envoy.log"
-    with log.open("wb") as sink:
-        # The access log (one JSON line per request) is part of the edge's cost: kept, to a file.
-        process = subprocess.Popen(
-            [str(ENVOY), "-c", str(config), "--disable-hot-restart", *ENVOY_FLAGS],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    # The access log (one JSON line per request) is part of the edge's cost: kept, to a file.
+    with envoy_process.running(config, log) as process:
         deadline = time.monotonic() + 30
         while admin_get(admin, "/ready") != "LIVE":
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"envoy did not start:\n{log.read_text()[-2000:]}")
             time.sleep(0.1)
         yield listen, admin
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 def admin_get(port: int, path: str) -> str:
@@ -112,11 +99,7 @@ def admin_get(port: int, path: str) -> str:
 
 def upstream_requests(admin: int) -> dict[str, int]:
     """Requests Envoy has sent to each cluster (health checks are not counted)."""
-    counts: dict[str, int] = {}
-    for line in admin_get(admin, "/stats?filter=upstream_rq_total$").splitlines():
-        name, _, value = line.partition(": ")
-        counts[name.split(".")[1]] = int(value)
-    return counts
+    return envoy_process.upstream_requests(admin_get(admin, "/stats?filter=upstream_rq_total$"))
 
 
 async def setup(gateway: str) -> tuple[dict[str, str], str, str]:

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from deploy.envoy import generate
+from deploy.envoy import process as envoy_process
 from gateway.apis import clara_scenes, sidefx_registry
 from gateway.app import build_app
 from services.runtime.config import SERVICE_NAMES, SERVICE_PORTS, load_gateway_config
@@ -34,8 +35,7 @@ from tests.conftest import Suite
 from tests.e2e.conftest import free_ports
 from tests.gateway.conftest import REPO, env_without_kiln, live, suite_gateway_env
 
-ENVOY = Path(sys.executable).parent / "envoy"
-LOG = ("-l", "warning")
+ENVOY = envoy_process.ENVOY
 DEMO_ID, DEMO_SECRET = "edge-demo", "edge-demo-secret"
 _PRESIGN_DATE = re.compile(rb"X-Amz-Date=(\d{8}T\d{6}Z)")
 
@@ -188,30 +188,7 @@ class Edge:
     async def upstream_requests(self) -> dict[str, int]:
         """Requests Envoy has sent to each cluster so far (health checks are not counted)."""
         response = await self.admin.get("/stats", params={"filter": r"upstream_rq_total$"})
-        counts: dict[str, int] = {}
-        for line in response.text.splitlines():
-            name, _, value = line.partition(": ")
-            counts[name.split(".")[1]] = int(value)
-        return counts
-
-
-@contextlib.contextmanager
-def running_envoy(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(ENVOY), "-c", str(config), "--disable-hot-restart", "--concurrency", "1", *LOG],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        return envoy_process.upstream_requests(response.text)
 
 
 async def wait_ready(admin: httpx.AsyncClient, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -240,7 +217,7 @@ async def edge(suite: Suite, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
         upstreams = {"gateway": f"127.0.0.1:{gateway.base_url.port}", **suite.targets}
         config = local_config(data, upstreams, listen, admin_port)
         log = data / "envoy.log"
-        with running_envoy(config, log) as process:
+        with envoy_process.running(config, log) as process:
             async with (
                 httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin_port}", timeout=5) as admin,
                 httpx.AsyncClient(base_url=f"http://127.0.0.1:{listen}", timeout=30) as envoy,
