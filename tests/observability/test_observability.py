@@ -457,17 +457,7 @@ def test_tracing_is_off_by_default_and_then_costs_nothing() -> None:
         "assert tracing.current_traceparent() == ''\n"
         "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "OTEL_"))}
-    env["PYTHONPATH"] = f"{REPO / 'gen'}{os.pathsep}{REPO}"
-    ran = subprocess.run(
-        [sys.executable, "-c", probe],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert ran.returncode == 0, ran.stderr
+    ran = run_probe(probe)
     assert ran.stdout.strip() == "[]", "OpenTelemetry was imported with tracing off"
 
 
@@ -556,25 +546,12 @@ def test_the_otlp_exporter_delivers_spans_to_a_collector() -> None:
             "    assert tracing.current_traceparent().startswith('00-')\n"
             "tracing.shutdown()\n"
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "OTEL_"))}
-        env.update(
-            {
-                "PYTHONPATH": f"{REPO / 'gen'}{os.pathsep}{REPO}",
-                "KILN_TRACING": "otlp",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-                "OTEL_SERVICE_NAME": "probe-service",
-            }
+        run_probe(
+            probe,
+            KILN_TRACING="otlp",
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+            OTEL_SERVICE_NAME="probe-service",
         )
-        ran = subprocess.run(
-            [sys.executable, "-c", probe],
-            env=env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=30,
-        )
-        assert ran.returncode == 0, ran.stderr
     finally:
         server.stop(0)
     spans = [
@@ -587,3 +564,21 @@ def test_the_otlp_exporter_delivers_spans_to_a_collector() -> None:
     assert [name for _, name in spans] == ["probe"]
     attributes = {a.key: a.value.string_value for a in spans[0][0].attributes}
     assert attributes["service.name"] == "probe-service"
+
+
+def run_probe(probe: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """Runs `probe` in a fresh interpreter with only `settings` of the KILN_* / OTEL_* kind
+    (nothing imported or configured by this test process leaks in); it must exit 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "OTEL_"))}
+    env.update(PYTHONPATH=f"{REPO / 'gen'}{os.pathsep}{REPO}", **settings)
+    ran = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert ran.returncode == 0, ran.stderr
+    return ran
