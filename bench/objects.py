@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import subprocess
 import sys
@@ -249,6 +250,59 @@ async def sustained_updates(env: dict[str, str], token: str, seconds: float, c: 
     return figure(f"sustained updates c={c}", "persisted", done / elapsed, latencies)
 
 
+async def streamed_updates(
+    env: dict[str, str], token: str, seconds: float, c: int, window: int
+) -> Figure:
+    """`sustained_updates` on `StreamUpdates`: each of `c` devices streams updates of its own
+    object on its own stream, at most `window` unanswered; every answer is a committed write."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{env['KILN_OBJECTS_PORT']}") as channel:
+        stub = objects_pb2_grpc.ObjectServiceStub(channel)
+        keys = await create_objects(stub, metadata, "t", c)
+        done = 0
+        latencies: list[float] = []
+        deadline = time.perf_counter() + seconds
+
+        async def device(key: str) -> None:
+            nonlocal done
+            call = stub.StreamUpdates(metadata=metadata)
+            room = asyncio.Semaphore(window)
+            sent: collections.deque[float] = collections.deque()
+
+            async def send() -> None:
+                i = 0
+                while time.perf_counter() < deadline:
+                    await room.acquire()
+                    sent.append(time.perf_counter())
+                    await call.write(
+                        objects_pb2.StreamUpdatesRequest(
+                            update=objects_pb2.UpdateObjectRequest(
+                                key=key,
+                                update=objects_pb2.Object(name=f"v{i}"),
+                                placement=objects_pb2.TransformInput(translation=[i, 0, 0]),
+                            )
+                        )
+                    )
+                    i += 1
+                await call.done_writing()
+
+            async def receive() -> None:
+                nonlocal done
+                async for answer in call:
+                    if answer.code:
+                        raise RuntimeError(f"update refused: {answer.message}")
+                    latencies.append(time.perf_counter() - sent.popleft())
+                    done += 1
+                    room.release()
+
+            await asyncio.gather(send(), receive())
+
+        began = time.perf_counter()
+        await asyncio.gather(*(device(k) for k in keys))
+        elapsed = time.perf_counter() - began
+    return figure(f"streamed updates c={c} window={window}", "persisted", done / elapsed, latencies)
+
+
 def _scrape(port: str, name: str) -> float:
     import urllib.request
 
@@ -322,6 +376,7 @@ async def run(env: dict[str, str], args: argparse.Namespace) -> list[Figure]:
     figures = with_ratios(figures, "direct-grpc")
     figures.extend(await event_latency(env, token, args.subscribers, args.updates))
     figures.append(await sustained_updates(env, token, args.seconds, 32))
+    figures.append(await streamed_updates(env, token, args.seconds, 32, args.window))
     figures.append(await udp_stream(env, token, 100, 40, args.seconds))
     return figures
 
@@ -334,6 +389,9 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--updates", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--window", type=int, default=1, help="unanswered updates per StreamUpdates stream"
+    )
     parser.add_argument("--postgres", action="store_true", help="objects on PostgreSQL")
     args = parser.parse_args()
     env = suite_env(Path(tempfile.mkdtemp(prefix="kiln-bench-objects-")))

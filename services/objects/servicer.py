@@ -3,12 +3,14 @@ CLyman's REST-shaped service is in clyman.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 from kiln.objects.v1 import assets_pb2, assets_pb2_grpc, objects_pb2, objects_pb2_grpc
+from prometheus_client import Counter
 
 from services.objects.assets import AssetCatalog, UploadHeader
 from services.objects.object_store import STRING_FIELDS, ObjectQuery, ObjectRecord
@@ -16,7 +18,17 @@ from services.objects.objects import ObjectCatalog, ObjectPatch, to_proto
 from services.objects.store import AssetRecord
 from services.objects.transform import build_transform
 from services.runtime.context import current_tenant
-from services.runtime.errors import InvalidArgument
+from services.runtime.errors import InvalidArgument, KilnError
+from services.runtime.status import grpc_code_for
+
+#: How many updates of one StreamUpdates stream run at once; the stream reads no further
+#: until the oldest is answered.
+STREAM_UPDATES_IN_FLIGHT = 64
+STREAMED_UPDATES = Counter(
+    "kiln_object_streamed_updates_total",
+    "Updates answered on StreamUpdates streams, by the answer's gRPC code.",
+    ["code"],
+)
 
 
 def _to_proto(record: AssetRecord, url: str) -> assets_pb2.Asset:
@@ -102,6 +114,18 @@ class AssetServicer(assets_pb2_grpc.AssetServiceServicer):
         return assets_pb2.DeleteAssetResponse(asset_id=request.asset_id)
 
 
+def _patch(request: objects_pb2.UpdateObjectRequest) -> ObjectPatch:
+    update = request.update
+    return ObjectPatch(
+        strings=_strings(update),
+        frame=update.frame if update.HasField("frame") else None,
+        timestamp=update.timestamp if update.HasField("timestamp") else None,
+        transform=_placement(request.placement, request.HasField("placement")),
+        add_assets=list(update.assets),
+        handles=_handles(update),
+    )
+
+
 def _placement(spec: objects_pb2.TransformInput, present: bool) -> list[float] | None:
     """The transform a TransformInput asks for, or None when none was given."""
     if not present:
@@ -172,17 +196,70 @@ class ObjectServicer(objects_pb2_grpc.ObjectServiceServicer):
     async def UpdateObject(
         self, request: objects_pb2.UpdateObjectRequest, context: grpc.aio.ServicerContext
     ) -> objects_pb2.UpdateObjectResponse:
-        update = request.update
-        patch = ObjectPatch(
-            strings=_strings(update),
-            frame=update.frame if update.HasField("frame") else None,
-            timestamp=update.timestamp if update.HasField("timestamp") else None,
-            transform=_placement(request.placement, request.HasField("placement")),
-            add_assets=list(update.assets),
-            handles=_handles(update),
-        )
-        record = await self._catalog.update(current_tenant(), request.key, patch)
+        record = await self._catalog.update(current_tenant(), request.key, _patch(request))
         return objects_pb2.UpdateObjectResponse(object=to_proto(record))
+
+    async def StreamUpdates(
+        self,
+        request_iterator: AsyncIterator[objects_pb2.StreamUpdatesRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        tenant = current_tenant()
+        # Updates run as they arrive, so those of different objects share a group commit;
+        # `answers` keeps them in the order sent, and bounds how many run at once per stream.
+        answers: asyncio.Queue[asyncio.Task[objects_pb2.StreamUpdatesResponse] | None] = (
+            asyncio.Queue(STREAM_UPDATES_IN_FLIGHT)
+        )
+        latest: dict[str, asyncio.Task[objects_pb2.StreamUpdatesResponse]] = {}
+
+        async def apply(
+            item: objects_pb2.StreamUpdatesRequest,
+            after: asyncio.Task[objects_pb2.StreamUpdatesResponse] | None,
+        ) -> objects_pb2.StreamUpdatesResponse:
+            request = item.update
+            if after is not None:
+                await asyncio.wait((after,))  # the same object's previous update first
+            try:
+                if not item.HasField("update"):
+                    raise InvalidArgument("update is required", field="update")
+                record = await self._catalog.update(tenant, request.key, _patch(request))
+            except KilnError as error:
+                STREAMED_UPDATES.labels(grpc_code_for(error).name).inc()
+                return objects_pb2.StreamUpdatesResponse(
+                    key=request.key,
+                    code=grpc_code_for(error).value[0],
+                    reason=error.reason,
+                    message=error.message,
+                )
+            finally:
+                if latest.get(request.key) is asyncio.current_task():
+                    del latest[request.key]
+            STREAMED_UPDATES.labels("OK").inc()
+            return objects_pb2.StreamUpdatesResponse(key=request.key, object=to_proto(record))
+
+        async def read() -> None:
+            try:
+                async for item in request_iterator:
+                    key = item.update.key
+                    task = asyncio.create_task(apply(item, latest.get(key)))
+                    latest[key] = task
+                    await answers.put(task)
+            except Exception:
+                await answers.put(None)  # answer what arrived, then fail the call
+                raise
+            await answers.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await answers.get()) is not None:
+                await context.write(await task)
+            await reader  # raises what ended the request stream, if it failed
+        finally:
+            reader.cancel()
+            while not answers.empty():
+                left = answers.get_nowait()
+                if left is not None:
+                    left.cancel()
 
     async def DeleteObject(
         self, request: objects_pb2.DeleteObjectRequest, context: grpc.aio.ServicerContext
