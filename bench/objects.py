@@ -2,9 +2,11 @@
 
 1. create, get, update and query at concurrency 32: (a) direct gRPC to ClymanService, (b) the
    same CLyman REST call through the gateway, in one run, with the ratio b/a;
-2. update -> event latency with 100 subscribers on the objects service's stream;
-3. sustained persisted updates per second: ObjectService.UpdateObject at c=32, and CLyman's
-   streaming path, UDP overwrites from 100 objects at 40 Hz each (Aesel's design rate), which
+2. update -> event latency with 100 subscribers on the objects service's stream, beside the
+   same delivery by bare grpc.aio (`bench/grpc_fanout.py`: no database, no service);
+3. sustained persisted updates per second: ObjectService.UpdateObject at c=32, the same
+   updates on 32 `StreamUpdates` streams (`--window` unanswered per stream, 1 by default: as
+   many in flight as the unary callers), and CLyman's streaming path, UDP overwrites from 100 objects at 40 Hz each (Aesel's design rate), which
    are streamed at once and stored coalesced per object (last write wins); the figure counts
    only when every object's stored transform ends equal to the last one sent.
 
@@ -36,6 +38,7 @@ from kiln.objects.v1 import clyman_pb2, clyman_pb2_grpc, objects_pb2, objects_pb
 from bench._http import Pool
 from bench._report import Figure, measure, percentile, rate_figure, report, with_ratios
 from bench.gateway_overhead import suite_env
+from bench.grpc_fanout import broadcast_latency
 
 SEED_OBJECT = {
     "name": "bench",
@@ -375,6 +378,8 @@ async def run(env: dict[str, str], args: argparse.Namespace) -> list[Figure]:
     figures = await throughput(env, token, args.requests, 32)
     figures = with_ratios(figures, "direct-grpc")
     figures.extend(await event_latency(env, token, args.subscribers, args.updates))
+    # The floor under those: bare grpc.aio delivering one message to as many streams.
+    figures.append(await broadcast_latency(args.subscribers, args.updates))
     figures.append(await sustained_updates(env, token, args.seconds, 32))
     figures.append(await streamed_updates(env, token, args.seconds, 32, args.window))
     figures.append(await udp_stream(env, token, 100, 40, args.seconds))
