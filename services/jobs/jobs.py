@@ -456,6 +456,10 @@ class JobQueue:
             "now": now,
         }
         caps = {kind: self._caps[kind] for kind in kinds if kind in self._caps}
+        if caps and self._lite is not None:
+            claimed = await self._lite.claim(**arguments, caps=caps)
+            self._signals.publish(job_ids=[r.id for r in claimed])
+            return claimed
         if caps:
             # One job per claim: the running counts the cap is checked against are read
             # before the claim, so a batch could start several of one tenant's jobs at once.

@@ -20,7 +20,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -61,6 +61,23 @@ UPDATE jobs SET status = {RUNNING}, attempt = attempt + 1, lease_id = ?, lease_e
 WHERE seq IN (SELECT seq FROM jobs
               WHERE status = {QUEUED} AND kind IN ({{kinds}}) AND run_after <= ?
               ORDER BY seq LIMIT ?)
+  AND status = {QUEUED}
+RETURNING {_COLUMNS}
+"""
+# With per-tenant caps: a tenant's job of a capped kind is due only while fewer than the cap
+# of that tenant's jobs of the kind run (store.claim's rule). The writer runs one statement at
+# a time, so the count is exact; one job per claim, as the count is read before the update.
+_CLAIM_CAPPED = f"""
+UPDATE jobs SET status = {RUNNING}, attempt = attempt + 1, lease_id = ?, lease_expires_at = ?,
+                lease_seconds = ?, worker = ?, started_at = COALESCE(started_at, ?),
+                updated_at = ?, version = version + 1
+WHERE seq IN (SELECT j.seq FROM jobs AS j
+              WHERE j.status = {QUEUED} AND j.kind IN ({{kinds}}) AND j.run_after <= ?
+                AND (j.kind NOT IN ({{capped}})
+                     OR (SELECT count(*) FROM jobs AS peer
+                         WHERE peer.status = {RUNNING} AND peer.tenant = j.tenant
+                           AND peer.kind = j.kind) < CASE j.kind {{cases}} END)
+              ORDER BY j.seq LIMIT 1)
   AND status = {QUEUED}
 RETURNING {_COLUMNS}
 """
@@ -178,9 +195,22 @@ class SqliteHotPath:
         lease_seconds: float,
         worker: str,
         now: float,
+        caps: Mapping[str, int] | None = None,
     ) -> list[JobRecord]:
-        statement = _CLAIM.format(kinds=", ".join("?" * len(kinds)))
-        args = (lease_id, now + lease_seconds, lease_seconds, worker, now, now, *kinds, now, limit)
+        """Leases up to `limit` due queued jobs of `kinds`, oldest first; with `caps` (kind →
+        most running jobs per tenant) one job, skipping tenants at their cap."""
+        marks = ", ".join("?" * len(kinds))
+        head = (lease_id, now + lease_seconds, lease_seconds, worker, now, now, *kinds, now)
+        if caps:
+            statement = _CLAIM_CAPPED.format(
+                kinds=marks,
+                capped=", ".join("?" * len(caps)),
+                cases=" ".join("WHEN ? THEN ?" for _ in caps),
+            )
+            args: tuple[Any, ...] = (*head, *caps, *(v for pair in caps.items() for v in pair))
+        else:
+            statement = _CLAIM.format(kinds=marks)
+            args = (*head, limit)
 
         def work() -> list[JobRecord]:
             conn = self._conn()

@@ -389,6 +389,36 @@ async def test_a_tenant_cap_holds_its_jobs_while_others_run(
         await signals.close()
 
 
+async def test_a_lease_of_capped_and_free_kinds_skips_only_the_held_tenant(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    capped = replace(FAST, tenant_concurrency="test.heavy=2")
+    queue, signals = await open_queue(engine, database_url, capped)
+    try:
+        heavy = [await queue.create("tenant-a", kind="test.heavy", params={}) for _ in range(3)]
+        light = await queue.create("tenant-a", kind="test.light", params={})
+        other = await queue.create("tenant-b", kind="test.heavy", params={})
+
+        async def lease() -> list[str]:
+            records, _ = await queue.lease(
+                kinds=["test.heavy", "test.light"],
+                max_jobs=10,
+                lease_seconds=30,
+                wait_seconds=0,
+                worker="w",
+            )
+            return [r.id for r in records]
+
+        leased = [await lease() for _ in range(5)]
+        # Oldest first, one per claim; A's third heavy job waits behind its cap of two.
+        assert leased == [[heavy[0].id], [heavy[1].id], [light.id], [other.id], []]
+        running = await queue.get("tenant-a", job_id=heavy[2].id)
+        assert running.status == QUEUED
+    finally:
+        await queue.close()
+        await signals.close()
+
+
 def test_tenant_caps_are_checked() -> None:
     assert JobsConfig(tenant_concurrency="a=1, b = 2,").tenant_caps() == {"a": 1, "b": 2}
     for bad in ("a", "a=0", "=3", "a=x"):
