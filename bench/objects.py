@@ -6,9 +6,10 @@
    same delivery by bare grpc.aio (`bench/grpc_fanout.py`: no database, no service);
 3. sustained persisted updates per second: ObjectService.UpdateObject at c=32, the same
    updates on 32 `StreamUpdates` streams (`--window` unanswered per stream, 1 by default: as
-   many in flight as the unary callers), and CLyman's streaming path, UDP overwrites from 100 objects at 40 Hz each (Aesel's design rate), which
-   are streamed at once and stored coalesced per object (last write wins); the figure counts
-   only when every object's stored transform ends equal to the last one sent.
+   many in flight as the unary callers), and CLyman's streaming path, UDP overwrites from 100
+   objects at 40 Hz each (Aesel's design rate), which are streamed at once and stored coalesced
+   per object (last write wins); the figure counts only when every object's stored transform
+   ends equal to the last one sent.
 
 The suite runs in the `make up` layout (separate processes) started by the launcher; with
 `--postgres` the objects service uses a private PostgreSQL database (created and dropped).
@@ -221,6 +222,15 @@ async def create_objects(
     return [o.key for o in created.objects]
 
 
+def sustained_update(key: str, i: int) -> objects_pb2.UpdateObjectRequest:
+    """The i-th update of the sustained figures: a name and a transform (no read needed)."""
+    return objects_pb2.UpdateObjectRequest(
+        key=key,
+        update=objects_pb2.Object(name=f"v{i}"),
+        placement=objects_pb2.TransformInput(translation=[i, 0, 0]),
+    )
+
+
 async def sustained_updates(env: dict[str, str], token: str, seconds: float, c: int) -> Figure:
     metadata = (("authorization", f"Bearer {token}"),)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{env['KILN_OBJECTS_PORT']}") as channel:
@@ -235,14 +245,7 @@ async def sustained_updates(env: dict[str, str], token: str, seconds: float, c: 
             i = 0
             while time.perf_counter() < deadline:
                 began = time.perf_counter()
-                await stub.UpdateObject(
-                    objects_pb2.UpdateObjectRequest(
-                        key=key,
-                        update=objects_pb2.Object(name=f"v{i}"),
-                        placement=objects_pb2.TransformInput(translation=[i, 0, 0]),
-                    ),
-                    metadata=metadata,
-                )
+                await stub.UpdateObject(sustained_update(key, i), metadata=metadata)
                 latencies.append(time.perf_counter() - began)
                 done += 1
                 i += 1
@@ -278,13 +281,7 @@ async def streamed_updates(
                     await room.acquire()
                     sent.append(time.perf_counter())
                     await call.write(
-                        objects_pb2.StreamUpdatesRequest(
-                            update=objects_pb2.UpdateObjectRequest(
-                                key=key,
-                                update=objects_pb2.Object(name=f"v{i}"),
-                                placement=objects_pb2.TransformInput(translation=[i, 0, 0]),
-                            )
-                        )
+                        objects_pb2.StreamUpdatesRequest(update=sustained_update(key, i))
                     )
                     i += 1
                 await call.done_writing()
