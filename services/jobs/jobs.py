@@ -401,8 +401,10 @@ class JobQueue:
         lease_seconds: float,
         wait_seconds: float,
         worker: str,
+        stop: asyncio.Event | None = None,
     ) -> tuple[list[JobRecord], str]:
-        """Claims due jobs, waiting up to `wait_seconds` for some; answers them and the lease id."""
+        """Claims due jobs, waiting up to `wait_seconds` for some; answers them and the lease id.
+        A `stop` set while it waits ends the wait with no jobs (a claim under way finishes)."""
         kinds = [k for k in dict.fromkeys(kinds) if k]
         if not kinds:
             raise MissingField("kinds must name at least one job kind", field="kinds")
@@ -432,10 +434,13 @@ class JobQueue:
                         )
                     return claimed, lease_id
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (stop is not None and stop.is_set()):
                     return [], lease_id
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(queued.wait(), min(remaining, LEASE_POLL_SECONDS))
+                if stop is None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(queued.wait(), min(remaining, LEASE_POLL_SECONDS))
+                else:
+                    await wait_either(queued, stop, min(remaining, LEASE_POLL_SECONDS))
 
     async def _claim(
         self,
@@ -856,3 +861,15 @@ def _decode_page_token(token: str) -> int:
         raise InvalidArgument(
             "page_token is not one this service issued", field="page_token"
         ) from None
+
+
+async def wait_either(
+    first: asyncio.Event, second: asyncio.Event, seconds: float | None = None
+) -> None:
+    """Returns once either event is set, or after `seconds` (None: no limit)."""
+    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

@@ -11,8 +11,9 @@ from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from services.jobs.jobs import JobQueue, JobSpec
 from services.jobs.store import JobRecord
+from services.jobs.work_stream import WorkSession
 from services.runtime.context import current_principal, current_tenant
-from services.runtime.errors import MissingField, PermissionDenied
+from services.runtime.errors import InvalidArgument, MissingField, PermissionDenied
 from services.runtime.tracing import current_traceparent
 
 _CHUNK = 256 * 1024
@@ -165,6 +166,16 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 yield jobs_pb2.ReadJobOutputResponse(data=chunk[start : start + _CHUNK])
 
 
+def _leases(records: list[JobRecord], lease_id: str) -> jobs_pb2.LeaseJobsResponse:
+    response = jobs_pb2.LeaseJobsResponse()
+    for record in records:
+        lease = response.leases.add(
+            job=to_proto(record), lease_id=lease_id, traceparent=record.traceparent
+        )
+        _timestamp(lease.expire_time, record.lease_expires_at)
+    return response
+
+
 def _outputs(outputs: Iterable[jobs_pb2.JobOutput]) -> list[dict[str, Any]]:
     return [{"name": o.name, "content_type": o.content_type, "size": o.size} for o in outputs]
 
@@ -189,13 +200,31 @@ class WorkerServicer(jobs_pb2_grpc.WorkerServiceServicer):
             wait_seconds=_seconds(request.wait),
             worker=request.worker_id or current_principal().client_id,
         )
-        response = jobs_pb2.LeaseJobsResponse()
-        for record in records:
-            lease = response.leases.add(
-                job=to_proto(record), lease_id=lease_id, traceparent=record.traceparent
-            )
-            _timestamp(lease.expire_time, record.lease_expires_at)
-        return response
+        return _leases(records, lease_id)
+
+    async def Work(
+        self,
+        request_iterator: AsyncIterator[jobs_pb2.WorkRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        _require_worker()
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("message") != "start":
+            raise InvalidArgument("a Work stream begins with its start message", field="start")
+        if not any(first.start.kinds):
+            raise MissingField("kinds must name at least one job kind", field="kinds")
+        session = WorkSession(
+            self._queue,
+            first.start,
+            worker=first.start.worker_id or current_principal().client_id,
+            lease_seconds=_seconds(first.start.lease_duration),
+            complete=self._complete_many,
+            answer=_leases,
+        )
+        # The headers tell the worker its stream was accepted (its open() waits for them).
+        await context.send_initial_metadata(())
+        await session.run(requests, context)
 
     async def HeartbeatJob(
         self, request: jobs_pb2.HeartbeatJobRequest, context: grpc.aio.ServicerContext
@@ -227,6 +256,11 @@ class WorkerServicer(jobs_pb2_grpc.WorkerServiceServicer):
         self, request: jobs_pb2.CompleteJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.CompleteJobsResponse:
         _require_worker()
+        return await self._complete_many(request)
+
+    async def _complete_many(
+        self, request: jobs_pb2.CompleteJobsRequest
+    ) -> jobs_pb2.CompleteJobsResponse:
         outcomes = await self._queue.complete_many(
             [
                 (c.job_id, c.lease_id, json_format.MessageToDict(c.result), _outputs(c.outputs))

@@ -167,6 +167,14 @@ class WorkerConfig:
     )
     """Length of each lease, in seconds: a worker that stops heartbeating loses its jobs to the
     queue this long after its last heartbeat."""
+    stream: bool = _env_field(
+        "KILN_WORKER_STREAM",
+        True,
+        "Lease and complete on one WorkerService.Work stream instead of unary calls.",
+    )
+    """Whether the worker leases and completes jobs on one `WorkerService.Work` stream (credit
+    out, leases in) instead of `LeaseJobs` and `CompleteJobs` calls. A jobs service without
+    Work is detected and served with the calls either way."""
     heartbeat_seconds: float = _env_field(
         "KILN_WORKER_HEARTBEAT_SECONDS",
         5.0,

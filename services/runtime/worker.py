@@ -66,6 +66,7 @@ from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from services.runtime import _worker_metrics as metrics
 from services.runtime import tracing
+from services.runtime._work_stream import WorkStream
 from services.runtime.batching import GroupCommit
 from services.runtime.blob_keys import output_key, output_prefix
 from services.runtime.config import SERVICE_NAMES, ServiceConfig, StorageConfig
@@ -93,6 +94,9 @@ _BACKOFF_MIN = 0.1
 _BACKOFF_MAX = 5.0
 #: Deadline of one Complete / Fail / Release call; they are retried until the lease runs out.
 _REPORT_TIMEOUT = 10.0
+#: A Work stream is replaced after this long, so that a worker's leases follow the jobs
+#: replicas as they scale (a stream stays on the connection it began on).
+STREAM_MAX_SECONDS = 300.0
 #: How long stop() waits for stopped handlers to be released before it abandons them.
 _RELEASE_TIMEOUT = 10.0
 #: Longest error message sent with FailJob; the owner reads it, it is not a log.
@@ -330,6 +334,7 @@ class Worker:
         blobs: BlobStore | None = None,
         worker_id: str | None = None,
         poll_seconds: float = 20.0,
+        stream: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ConfigError("a worker needs a concurrency of at least 1")
@@ -357,6 +362,10 @@ class Worker:
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
         self._poll: asyncio.Task[Any] | None = None
+        #: Lease and complete on one Work stream (False, or a jobs service without Work:
+        #: LeaseJobs and CompleteJobs calls).
+        self.use_stream = stream
+        self._stream: WorkStream | None = None
         self._lease_task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -378,6 +387,7 @@ class Worker:
             "concurrency": config.worker.concurrency,
             "lease_seconds": config.worker.lease_seconds,
             "heartbeat_seconds": config.worker.heartbeat_seconds,
+            "stream": config.worker.stream,
             "storage": config.storage,
         }
         settings.update(overrides)
@@ -452,13 +462,11 @@ class Worker:
                 await asyncio.wait(runners, timeout=grace)
             for running in list(self._running.values()):
                 self._stop_job(running, _SHUTDOWN)
-            runners = self._runners()
-            if runners:
-                _, pending = await asyncio.wait(runners, timeout=_RELEASE_TIMEOUT)
-                for task in pending:
-                    # A handler that ignores cancellation: its lease expires on its own.
-                    log.error("a job handler did not stop; abandoning it", extra={"task": task})
-                    task.cancel()
+            await self._wait_runners()
+            if self._stream is not None:
+                # Leases on their way when the stream closes get runners that give them back.
+                await self._stream.close(_RELEASE_TIMEOUT)
+                await self._wait_runners()
             background = [*self._side_tasks]
             if self._heartbeat_task is not None:
                 background.append(self._heartbeat_task)
@@ -490,6 +498,15 @@ class Worker:
     ) -> None:
         await self.stop(0.0)
 
+    async def _wait_runners(self) -> None:
+        runners = self._runners()
+        if runners:
+            _, pending = await asyncio.wait(runners, timeout=_RELEASE_TIMEOUT)
+            for task in pending:
+                # A handler that ignores cancellation: its lease expires on its own.
+                log.error("a job handler did not stop; abandoning it", extra={"task": task})
+                task.cancel()
+
     def _runners(self) -> set[asyncio.Task[None]]:
         return {r.runner for r in self._running.values() if r.runner is not None}
 
@@ -519,6 +536,92 @@ class Worker:
     # --- leasing ---------------------------------------------------------------------------
 
     async def _lease_loop(self) -> None:
+        if self.use_stream and await self._stream_loop():
+            return
+        await self._unary_lease_loop()
+
+    async def _stream_loop(self) -> bool:
+        """Leases on Work streams until the worker stops (True), or answers False at once when
+        the jobs service has no Work method (an older release: lease with unary calls)."""
+        delay = _BACKOFF_MIN
+        failing = False
+        start = jobs_pb2.WorkStart(
+            kinds=self.kinds, lease_duration=self._lease_duration, worker_id=self.worker_id
+        )
+        while not self._stopping:
+            try:
+                stream = await self._open_stream(start)
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    log.info("the jobs service has no Work stream; leasing with unary calls")
+                    return False
+                failing = self._lease_failed(err.code().name, delay, failing)
+                await self._pause(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            if failing:
+                log.info("leasing again", extra={"target": self.target})
+            failing, delay = False, _BACKOFF_MIN
+            previous, self._stream = self._stream, stream
+            if previous is not None:
+                self._background(previous.close(_RELEASE_TIMEOUT))
+            await self._grant_while_open(stream)
+            if self._stopping:
+                if stream.usable and stream.outstanding > 0:
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        await stream.grant(-stream.outstanding)
+                return True
+            if stream.usable:
+                continue  # old enough to be replaced: the next one may reach another replica
+            code = stream.error.code().name if stream.error is not None else "ENDED"
+            failing = self._lease_failed(code, delay, failing)
+            await self._pause(delay)
+            delay = min(delay * 2, _BACKOFF_MAX)
+        return True
+
+    async def _open_stream(self, start: jobs_pb2.WorkStart) -> WorkStream:
+        try:
+            return await WorkStream.open(
+                self._stub, self._tokens.metadata(), start, self._start_job
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise
+        self._tokens.reload()
+        return await WorkStream.open(self._stub, self._tokens.metadata(), start, self._start_job)
+
+    async def _grant_while_open(self, stream: WorkStream) -> None:
+        """Grants the stream credit for every free slot as slots free up, until the worker
+        stops, the stream ends, or the stream has lived STREAM_MAX_SECONDS."""
+        replace_at = time.monotonic() + STREAM_MAX_SECONDS
+        while not self._stopping and stream.usable and time.monotonic() < replace_at:
+            free = self.concurrency - len(self._running) - stream.outstanding
+            if free > 0:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await stream.grant(free)
+                continue
+            self._slot_freed.clear()
+            await _first_of(self._slot_freed, stream.ended, replace_at - time.monotonic())
+
+    def _lease_failed(self, code: str, delay: float, failing: bool) -> bool:
+        metrics.LEASE_ERRORS.labels(code).inc()
+        # One warning per outage, not one per retry.
+        (log.debug if failing else log.warning)(
+            "cannot lease jobs; retrying",
+            extra={"code": code, "retry_in_s": delay, "target": self.target},
+        )
+        return True
+
+    async def _pause(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), delay)
+
+    def _background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _unary_lease_loop(self) -> None:
         delay = _BACKOFF_MIN
         failing = False
         kinds = self.kinds
@@ -557,15 +660,8 @@ class Worker:
                     if isinstance(error, grpc.aio.AioRpcError)
                     else type(error).__name__
                 )
-                metrics.LEASE_ERRORS.labels(code).inc()
-                # One warning per outage, not one per retry.
-                (log.debug if failing else log.warning)(
-                    "cannot lease jobs; retrying",
-                    extra={"code": code, "retry_in_s": delay, "target": self.target},
-                )
-                failing = True
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop_requested.wait(), delay)
+                failing = self._lease_failed(code, delay, failing)
+                await self._pause(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
                 continue
             if failing:
@@ -744,12 +840,13 @@ class Worker:
         self, requests: Sequence[jobs_pb2.CompleteJobRequest]
     ) -> list[jobs_pb2.CompleteJobsResult | BaseException]:
         """Sends the completions gathered while the previous CompleteJobs call was in flight:
-        a busy worker pays one RPC for many jobs."""
-        reply = await self._call(
-            self._stub.CompleteJobs,
-            jobs_pb2.CompleteJobsRequest(completions=requests),
-            deadline=_REPORT_TIMEOUT,
-        )
+        a busy worker pays one RPC (or one message on its Work stream) for many jobs."""
+        batch = jobs_pb2.CompleteJobsRequest(completions=requests)
+        stream = self._stream
+        if stream is not None and stream.usable:
+            reply = await asyncio.wait_for(stream.complete(batch), _REPORT_TIMEOUT)
+        else:
+            reply = await self._call(self._stub.CompleteJobs, batch, deadline=_REPORT_TIMEOUT)
         return [
             result if result.HasField("job") else _Refused.of(result) for result in reply.results
         ]
@@ -946,3 +1043,13 @@ if __name__ == "__main__":
     from services.runtime.worker import main as _main
 
     _main()
+
+
+async def _first_of(first: asyncio.Event, second: asyncio.Event, seconds: float) -> None:
+    """Returns once either event is set, or after `seconds`."""
+    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waits, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
