@@ -252,8 +252,15 @@ class Kiln:
             if line.startswith("grpc_server_handled_total{") and "kiln.jobs" in line:
                 method = line.split('grpc_method="', 1)[1].split('"', 1)[0]
                 calls[method] = calls.get(method, 0.0) + float(line.rsplit(" ", 1)[1])
+        messages: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("kiln_jobs_work_stream_messages_total{"):
+                kind = line.split('type="', 1)[1].split('"', 1)[0]
+                messages[kind] = float(line.rsplit(" ", 1)[1])
         per_job = ", ".join(f"{m} {n / total_jobs:.2f}" for m, n in sorted(calls.items()))
         print(f"jobs service RPCs per job: {per_job}")
+        on_streams = ", ".join(f"{m} {n / total_jobs:.2f}" for m, n in sorted(messages.items()))
+        print(f"Work stream messages per job: {on_streams or 'none'}")
         # The service's own view of submit -> lease (all phases together), to split latency
         # between the service and the worker side.
         buckets = [

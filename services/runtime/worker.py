@@ -366,6 +366,7 @@ class Worker:
         #: LeaseJobs and CompleteJobs calls).
         self.use_stream = stream
         self._stream: WorkStream | None = None
+        self._credit_step = max(1, concurrency // 4)
         self._lease_task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -596,7 +597,9 @@ class Worker:
         replace_at = time.monotonic() + STREAM_MAX_SECONDS
         while not self._stopping and stream.usable and time.monotonic() < replace_at:
             free = self.concurrency - len(self._running) - stream.outstanding
-            if free > 0:
+            # Credit goes out a few slots at a time while some is left: one message per
+            # finished job would cost almost what the LeaseJobs call did.
+            if free > 0 and (stream.outstanding == 0 or free >= self._credit_step):
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     await stream.grant(free)
                 continue
