@@ -93,6 +93,8 @@ class WorkStream:
         the call, reading the answers and leases still on their way."""
         if not self.ended.is_set():
             try:
+                if self.outstanding > 0:
+                    await self.grant(-self.outstanding)
                 async with self._writing:
                     await self._call.done_writing()
             except (grpc.aio.AioRpcError, grpc.aio.UsageError):

@@ -263,6 +263,23 @@ async def test_the_worker_runs_jobs_on_either_protocol(
         assert work_messages("leased") == leased_before
 
 
+async def test_the_worker_replaces_its_stream_and_keeps_running_jobs(
+    service: JobsUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("services.runtime.worker.STREAM_MAX_SECONDS", 0.2)
+    prefix = f"r{uuid.uuid4().hex[:10]}"
+    streams_before = handled("Work")
+    async with service.worker(prefix, concurrency=2):
+        jobs = []
+        for i in range(8):
+            jobs.append(await service.create(f"{prefix}.echo", {"n": i}))
+            await asyncio.sleep(0.1)
+        finals = [await service.final(job.id) for job in jobs]
+    assert [job.status for job in finals] == [SUCCEEDED] * 8
+    assert [job.attempt for job in finals] == [1] * 8  # nothing released or re-run
+    assert handled("Work") >= streams_before + 3  # replaced streams ended cleanly
+
+
 async def test_a_jobs_service_without_work_is_served_with_unary_calls(
     service: JobsUnderTest,
 ) -> None:
