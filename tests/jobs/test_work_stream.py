@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -17,20 +16,12 @@ from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from prometheus_client import REGISTRY
 
 from tests.conftest import bearer
-from tests.jobs.test_worker import SUCCEEDED, JobsUnderTest, jobs_under_test, statuses
+from tests.jobs.test_worker import SUCCEEDED, JobsUnderTest, module_jobs_service, statuses
 
 
 @pytest.fixture(scope="module")
-async def service(
-    base_env: dict[str, str],
-    token_for: Callable[..., str],
-    worker_token_file: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[JobsUnderTest]:
-    database = tmp_path_factory.mktemp("work-stream") / "jobs.db"
-    async with jobs_under_test(
-        base_env, f"sqlite+aiosqlite:///{database}", token_for("tenant-work"), worker_token_file
-    ) as running:
+async def service(request: pytest.FixtureRequest) -> AsyncIterator[JobsUnderTest]:
+    async with module_jobs_service(request, "tenant-work") as running:
         yield running
 
 

@@ -186,17 +186,24 @@ async def jobs_under_test(
         await server.stop(0)
 
 
-@pytest.fixture(scope="module")
-async def service(
-    base_env: dict[str, str],
-    token_for: Callable[..., str],
-    worker_token_file: Path,
-    tmp_path_factory: pytest.TempPathFactory,
+@contextlib.asynccontextmanager
+async def module_jobs_service(
+    request: pytest.FixtureRequest, tenant: str
 ) -> AsyncIterator[JobsUnderTest]:
-    database = tmp_path_factory.mktemp("worker-jobs") / "jobs.db"
+    """One test module's jobs service on a SQLite file of its own, clients acting in `tenant`."""
+    database = request.getfixturevalue("tmp_path_factory").mktemp("jobs") / "jobs.db"
     async with jobs_under_test(
-        base_env, f"sqlite+aiosqlite:///{database}", token_for("tenant-worker"), worker_token_file
+        request.getfixturevalue("base_env"),
+        f"sqlite+aiosqlite:///{database}",
+        request.getfixturevalue("token_for")(tenant),
+        request.getfixturevalue("worker_token_file"),
     ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def service(request: pytest.FixtureRequest) -> AsyncIterator[JobsUnderTest]:
+    async with module_jobs_service(request, "tenant-worker") as running:
         yield running
 
 
