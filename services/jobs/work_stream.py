@@ -20,6 +20,7 @@ from prometheus_client import Counter
 
 from services.jobs.jobs import MAX_LEASE_BATCH, MAX_WAIT_SECONDS, JobQueue, wait_either
 from services.jobs.store import JobRecord
+from services.runtime import tracing
 from services.runtime.errors import InvalidArgument
 
 WORK_MESSAGES = Counter(
@@ -27,6 +28,9 @@ WORK_MESSAGES = Counter(
     "Messages on WorkerService.Work streams, by type (credit, complete, leased, completed).",
     ["type"],
 )
+
+#: The name of a completion's span, as the unary call's would be named.
+COMPLETE_SPAN = "kiln.jobs.v1.WorkerService/CompleteJobs"
 
 Complete = Callable[[jobs_pb2.CompleteJobsRequest], Awaitable[jobs_pb2.CompleteJobsResponse]]
 LeaseAnswer = Callable[[list[JobRecord], str], jobs_pb2.LeaseJobsResponse]
@@ -111,9 +115,36 @@ class WorkSession:
                 )
 
     async def _completed(self, request: jobs_pb2.CompleteJobsRequest) -> jobs_pb2.WorkResponse:
-        response = jobs_pb2.WorkResponse(completed=await self._complete(request))
+        # With tracing on, one span per completion in its own job's trace: the stream's one
+        # call carries completions of many traces.
+        spans = (
+            [
+                tracing.start_linked(
+                    COMPLETE_SPAN,
+                    kind="SERVER",
+                    traceparent=item.traceparent,
+                    attributes={"kiln.job.id": item.job_id},
+                )
+                for item in request.completions
+            ]
+            if tracing.enabled()
+            else []
+        )
+        try:
+            completed = await self._complete(request)
+        except BaseException as exc:
+            for span in spans:
+                if span is not None:
+                    tracing.set_error(span, type(exc).__name__)
+                    span.end()
+            raise
+        for span, result in zip(spans, completed.results, strict=False):
+            if span is not None:
+                if not result.HasField("job"):
+                    tracing.set_error(span, result.error_reason or "refused")
+                span.end()
         WORK_MESSAGES.labels("completed").inc()
-        return response
+        return jobs_pb2.WorkResponse(completed=completed)
 
     async def _lease(self) -> None:
         while not self._closed.is_set():

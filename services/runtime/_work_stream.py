@@ -113,7 +113,11 @@ class WorkStream:
         async with self._writing:
             try:
                 await self._call.write(message)
-            except grpc.aio.UsageError:
+            except (grpc.aio.UsageError, asyncio.InvalidStateError):
+                # A call that has ended: a plain call raises its status, one through client
+                # interceptors (tracing) says only that it has finished. Raise its status.
+                if self._call.done():
+                    raise await self._status() from None
                 raise self.error or _ended("the Work stream has ended") from None
 
     async def _read(self) -> None:

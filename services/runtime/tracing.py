@@ -60,7 +60,13 @@ _CODE_NUMBERS = {code.name: code.value[0] for code in grpc.StatusCode}
 #: A worker's polls and heartbeats, every few seconds per worker and per running job: traced,
 #: they would bury the requests' traces under their own. Neither side makes spans for them.
 UNTRACED_METHODS = frozenset(
-    {"/kiln.jobs.v1.WorkerService/LeaseJobs", "/kiln.jobs.v1.WorkerService/HeartbeatJob"}
+    {
+        "/kiln.jobs.v1.WorkerService/LeaseJobs",
+        "/kiln.jobs.v1.WorkerService/HeartbeatJob",
+        # A worker's stream lives for minutes and serves every trace; its completions get
+        # spans of their own (services/jobs/work_stream.py).
+        "/kiln.jobs.v1.WorkerService/Work",
+    }
 )
 
 
@@ -209,6 +215,21 @@ def begin(
     )
     token = otel_context.attach(trace.set_span_in_context(started, parent))
     return started, token
+
+
+def start_linked(
+    name: str, *, kind: str, traceparent: str, attributes: Mapping[str, Any] | None = None
+) -> Span | None:
+    """A span, child of `traceparent`, that is never made current (None when tracing is off):
+    for work done for many traces at once, such as a batch of completions on one stream."""
+    if _state.tracer is None:
+        return None
+    from opentelemetry import trace
+
+    parent = extract({"traceparent": traceparent}) if traceparent else None
+    return _state.tracer.start_span(
+        name, context=parent, kind=trace.SpanKind[kind], attributes=dict(attributes or {})
+    )
 
 
 def set_error(started: Span, description: str) -> None:
@@ -388,4 +409,9 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor] | None:
     channel without interceptors takes grpc's direct path)."""
     if not enabled():
         return None
+    return all_client_interceptors()
+
+
+def all_client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """The four tracing client interceptors, one per call shape."""
     return [_UnaryUnary(), _StreamUnary(), _UnaryStream(), _StreamStream()]

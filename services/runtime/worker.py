@@ -552,11 +552,16 @@ class Worker:
         while not self._stopping:
             try:
                 stream = await self._open_stream(start)
-            except grpc.aio.AioRpcError as err:
-                if err.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    log.info("the jobs service has no Work stream; leasing with unary calls")
-                    return False
-                failing = self._lease_failed(err.code().name, delay, failing)
+            except Exception as err:  # whatever it is, the worker must go on leasing
+                if isinstance(err, grpc.aio.AioRpcError):
+                    if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                        log.info("the jobs service has no Work stream; leasing with unary calls")
+                        return False
+                    code = err.code().name
+                else:
+                    log.exception("could not open a Work stream")
+                    code = type(err).__name__
+                failing = self._lease_failed(code, delay, failing)
                 await self._pause(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
                 continue
@@ -771,7 +776,11 @@ class Worker:
     async def _complete(self, running: _Running, result: struct_pb2.Struct) -> str:
         ctx = running.ctx
         request = jobs_pb2.CompleteJobRequest(
-            job_id=ctx.job_id, lease_id=ctx.lease_id, result=result, outputs=ctx.outputs
+            job_id=ctx.job_id,
+            lease_id=ctx.lease_id,
+            result=result,
+            outputs=ctx.outputs,
+            traceparent=tracing.current_traceparent(),
         )
         status, detail = await self._report(running, lambda: self._completions.submit(request))
         if status == "ok":

@@ -27,6 +27,7 @@ from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from prometheus_client import REGISTRY
 
 from deploy.local.seaweed import free_port
+from services.runtime import tracing
 from services.runtime.auth import TokenSigner, write_worker_token
 from services.runtime.blob_keys import output_key
 from services.runtime.config import StorageConfig, load_service_config
@@ -492,13 +493,21 @@ async def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes_once(
     assert again == final
 
 
+@pytest.mark.parametrize("intercepted", [False, True], ids=["plain", "tracing-interceptors"])
 async def test_a_worker_waits_out_an_unreachable_jobs_service(
     base_env: dict[str, str],
     token_for: Callable[..., str],
     worker_token_file: Path,
     prefix: str,
     tmp_path: Path,
+    *,
+    intercepted: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if intercepted:
+        # Calls through client interceptors fail differently (a write to an ended stream says
+        # only that it has finished); with KILN_TRACING on, every worker's channel has them.
+        monkeypatch.setattr(tracing, "client_interceptors", tracing.all_client_interceptors)
     port = free_port()
 
     def lease_errors() -> float:
