@@ -147,6 +147,18 @@ class WorkSession:
         return jobs_pb2.WorkResponse(completed=completed)
 
     async def _lease(self) -> None:
+        try:
+            await self._lease_while_open()
+        except Exception as exc:
+            # The database failed under a claim, say: end the stream with the error, so the
+            # worker opens another (with backoff) instead of waiting on one that leases no more.
+            failed: asyncio.Future[jobs_pb2.WorkResponse] = (
+                asyncio.get_running_loop().create_future()
+            )
+            failed.set_exception(exc)
+            self._out.put_nowait(failed)
+
+    async def _lease_while_open(self) -> None:
         while not self._closed.is_set():
             if self._credit <= 0:
                 self._more.clear()

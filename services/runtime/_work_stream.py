@@ -144,7 +144,14 @@ class WorkStream:
                 if status.code() != grpc.StatusCode.OK:
                     self.error = status
             self.ended.set()
-            failure = self.error or _ended("the Work stream ended")
+            # The stream failed, not the completions: whatever the stream's status, they are
+            # sent again (UNAVAILABLE is what the report retry treats as transient). A repeated
+            # completion of a job that did finish changes nothing.
+            failure = _ended(
+                f"the Work stream ended ({self.error.code().name})"
+                if self.error
+                else "the Work stream ended"
+            )
             while self._answers:
                 answer = self._answers.popleft()
                 if not answer.done():

@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
 from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from prometheus_client import REGISTRY
 
+from services.jobs.jobs import JobQueue
+from services.jobs.work_stream import WorkSession
 from tests.conftest import bearer
 from tests.jobs.test_worker import SUCCEEDED, JobsUnderTest, module_jobs_service, statuses
 
@@ -208,6 +210,46 @@ async def test_a_client_token_cannot_open_a_work_stream(
         async for _ in call:
             pass
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+class _FailingQueue:
+    """A fake JobQueue whose database fails under every claim."""
+
+    async def lease(self, **_: Any) -> Any:
+        raise RuntimeError("the database went away")
+
+
+class _Written:
+    """A fake ServicerContext that keeps what is written to it."""
+
+    def __init__(self) -> None:
+        self.messages: list[jobs_pb2.WorkResponse] = []
+
+    async def write(self, message: jobs_pb2.WorkResponse) -> None:
+        self.messages.append(message)
+
+
+async def test_a_failed_claim_ends_the_stream_with_its_error() -> None:
+    async def worker_side() -> AsyncIterator[jobs_pb2.WorkRequest]:
+        yield jobs_pb2.WorkRequest(credit=1)
+        await asyncio.sleep(30)  # the worker keeps its side open, waiting for leases
+
+    async def no_completions(_: jobs_pb2.CompleteJobsRequest) -> jobs_pb2.CompleteJobsResponse:
+        raise AssertionError("nothing was completed")
+
+    session = WorkSession(
+        cast(JobQueue, _FailingQueue()),
+        jobs_pb2.WorkStart(kinds=["k.k"]),
+        worker="w",
+        lease_seconds=30,
+        complete=no_completions,
+        answer=lambda records, lease_id: jobs_pb2.LeaseJobsResponse(),
+    )
+    written = _Written()
+    # Not a stream that stays open and leases nothing: it ends, so the worker opens another.
+    with pytest.raises(RuntimeError, match="the database went away"):
+        await asyncio.wait_for(session.run(worker_side(), cast(Any, written)), 5)
+    assert written.messages == []
 
 
 # --- the worker library on each protocol --------------------------------------------------------
