@@ -58,6 +58,7 @@ from services.runtime.errors import (
     NotFound,
 )
 from services.runtime.storage import BlobStore
+from services.runtime.waiting import wait_either
 
 log = logging.getLogger("kiln.jobs")
 
@@ -861,15 +862,3 @@ def _decode_page_token(token: str) -> int:
         raise InvalidArgument(
             "page_token is not one this service issued", field="page_token"
         ) from None
-
-
-async def wait_either(
-    first: asyncio.Event, second: asyncio.Event, seconds: float | None = None
-) -> None:
-    """Returns once either event is set, or after `seconds` (None: no limit)."""
-    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
-    try:
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()

@@ -18,10 +18,11 @@ import grpc
 from kiln.jobs.v1 import jobs_pb2
 from prometheus_client import Counter
 
-from services.jobs.jobs import MAX_LEASE_BATCH, MAX_WAIT_SECONDS, JobQueue, wait_either
+from services.jobs.jobs import MAX_LEASE_BATCH, MAX_WAIT_SECONDS, JobQueue
 from services.jobs.store import JobRecord
 from services.runtime import tracing
 from services.runtime.errors import InvalidArgument
+from services.runtime.waiting import wait_either
 
 WORK_MESSAGES = Counter(
     "kiln_jobs_work_stream_messages_total",

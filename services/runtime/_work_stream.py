@@ -19,6 +19,8 @@ import grpc
 from kiln.jobs.v1 import jobs_pb2
 
 OnLease = Callable[[jobs_pb2.Lease, float], None]
+#: Seconds the service has to accept a new stream (its headers) before the worker tries again.
+OPEN_TIMEOUT = 10.0
 
 
 def _ended(details: str) -> grpc.aio.AioRpcError:
@@ -54,8 +56,17 @@ class WorkStream:
         call = stream._call
         await stream._write(jobs_pb2.WorkRequest(start=start))
         # The service sends its headers once it has accepted the start; a refusal arrives
-        # instead of them, as the call's status.
-        await call.initial_metadata()
+        # instead of them, as the call's status. A service that never answers is given up on.
+        try:
+            await asyncio.wait_for(call.initial_metadata(), OPEN_TIMEOUT)
+        except TimeoutError:
+            call.cancel()
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                details=f"the jobs service did not accept the Work stream in {OPEN_TIMEOUT} s",
+            ) from None
         if call.done():
             raise await stream._status()
         stream._reader = asyncio.create_task(stream._read(), name="kiln-worker-work-stream")
@@ -133,7 +144,9 @@ class WorkStream:
                     for lease in leases:
                         self._on_lease(lease, received)
                 elif self._answers:
-                    self._answers.popleft().set_result(message.completed)
+                    answer = self._answers.popleft()
+                    if not answer.done():  # its caller may have stopped waiting (a timeout)
+                        answer.set_result(message.completed)
         except grpc.aio.AioRpcError as err:
             self.error = err
         except asyncio.CancelledError:

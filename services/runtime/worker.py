@@ -82,6 +82,7 @@ from services.runtime.errors import (
 from services.runtime.peers import PEER_CHANNEL_OPTIONS
 from services.runtime.status import error_info
 from services.runtime.storage import BlobStore
+from services.runtime.waiting import wait_either
 
 log = logging.getLogger("kiln.worker")
 
@@ -609,7 +610,7 @@ class Worker:
                     await stream.grant(free)
                 continue
             self._slot_freed.clear()
-            await _first_of(self._slot_freed, stream.ended, replace_at - time.monotonic())
+            await wait_either(self._slot_freed, stream.ended, replace_at - time.monotonic())
 
     def _lease_failed(self, code: str, delay: float, failing: bool) -> bool:
         metrics.LEASE_ERRORS.labels(code).inc()
@@ -1055,13 +1056,3 @@ if __name__ == "__main__":
     from services.runtime.worker import main as _main
 
     _main()
-
-
-async def _first_of(first: asyncio.Event, second: asyncio.Event, seconds: float) -> None:
-    """Returns once either event is set, or after `seconds`."""
-    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
-    try:
-        await asyncio.wait(waits, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()

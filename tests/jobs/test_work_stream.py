@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from services.jobs.jobs import JobQueue
 from services.jobs.work_stream import WorkSession
+from services.runtime._work_stream import WorkStream
 from tests.conftest import bearer
 from tests.jobs.test_worker import SUCCEEDED, JobsUnderTest, module_jobs_service, statuses
 
@@ -381,3 +382,43 @@ class unary_only_proxy:
         return grpc.unary_unary_rpc_method_handler(
             forward, request_deserializer=_raw, response_serializer=_raw
         )
+
+
+class _ScriptedCall:
+    """A fake grpc.aio stream-stream call: the test puts what it reads, it keeps what is
+    written."""
+
+    def __init__(self) -> None:
+        self.reads: asyncio.Queue[Any] = asyncio.Queue()
+        self.written: list[jobs_pb2.WorkRequest] = []
+
+    async def write(self, message: jobs_pb2.WorkRequest) -> None:
+        self.written.append(message)
+
+    async def read(self) -> Any:
+        return await self.reads.get()
+
+    def done(self) -> bool:
+        return False
+
+
+async def test_an_answer_nobody_waits_for_any_more_keeps_the_stream_going() -> None:
+    call = _ScriptedCall()
+    stream = WorkStream(call, lambda lease, received: None)
+    reader = asyncio.create_task(stream._read())
+    first = asyncio.create_task(stream.complete(jobs_pb2.CompleteJobsRequest()))
+    await asyncio.sleep(0.01)
+    first.cancel()  # its caller timed out: the answer still comes, to no one
+    second = asyncio.create_task(stream.complete(jobs_pb2.CompleteJobsRequest()))
+    await asyncio.sleep(0.01)
+    for n in (1, 2):
+        answer = jobs_pb2.CompleteJobsResponse()
+        answer.results.add(error_message=f"answer {n}")
+        await call.reads.put(jobs_pb2.WorkResponse(completed=answer))
+
+    got = await asyncio.wait_for(second, 5)
+
+    assert got.results[0].error_message == "answer 2"  # answers stay matched by position
+    assert stream.usable
+    assert [m.WhichOneof("message") for m in call.written] == ["complete", "complete"]
+    reader.cancel()
