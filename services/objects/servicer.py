@@ -21,8 +21,8 @@ from services.runtime.context import current_tenant
 from services.runtime.errors import InvalidArgument, KilnError
 from services.runtime.status import grpc_code_for
 
-#: How many updates of one StreamUpdates stream run at once; the stream reads no further
-#: until the oldest is answered.
+#: How many updates of one StreamUpdates stream may be unanswered; the stream reads no
+#: further until the oldest is answered.
 STREAM_UPDATES_IN_FLIGHT = 64
 STREAMED_UPDATES = Counter(
     "kiln_object_streamed_updates_total",
@@ -206,10 +206,11 @@ class ObjectServicer(objects_pb2_grpc.ObjectServiceServicer):
     ) -> None:
         tenant = current_tenant()
         # Updates run as they arrive, so those of different objects share a group commit;
-        # `answers` keeps them in the order sent, and bounds how many run at once per stream.
+        # `answers` keeps them in the order sent; `room` bounds how many are unanswered.
         answers: asyncio.Queue[asyncio.Task[objects_pb2.StreamUpdatesResponse] | None] = (
-            asyncio.Queue(STREAM_UPDATES_IN_FLIGHT)
+            asyncio.Queue()
         )
+        room = asyncio.Semaphore(STREAM_UPDATES_IN_FLIGHT)
         latest: dict[str, asyncio.Task[objects_pb2.StreamUpdatesResponse]] = {}
 
         async def apply(
@@ -240,19 +241,21 @@ class ObjectServicer(objects_pb2_grpc.ObjectServiceServicer):
         async def read() -> None:
             try:
                 async for item in request_iterator:
+                    await room.acquire()
                     key = item.update.key
                     task = asyncio.create_task(apply(item, latest.get(key)))
                     latest[key] = task
-                    await answers.put(task)
+                    answers.put_nowait(task)
             except Exception:
-                await answers.put(None)  # answer what arrived, then fail the call
+                answers.put_nowait(None)  # answer what arrived, then fail the call
                 raise
-            await answers.put(None)
+            answers.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
             while (task := await answers.get()) is not None:
                 await context.write(await task)
+                room.release()
             await reader  # raises what ended the request stream, if it failed
         finally:
             reader.cancel()

@@ -12,6 +12,8 @@ from kiln.common.v1 import errors_pb2
 from kiln.objects.v1 import objects_pb2, objects_pb2_grpc
 from prometheus_client import REGISTRY
 
+from services.objects import servicer
+from services.objects.objects import ObjectCatalog
 from services.runtime.auth import TokenSigner
 from tests.conftest import bearer
 from tests.objects.test_events_grpc import create, objects_service, read, subscribe
@@ -152,3 +154,37 @@ async def test_a_client_that_leaves_mid_stream_leaves_the_service_working(
     answers = await stream(service, token, [update(key, "after")])
 
     assert answers[0].object.name == "after"
+
+
+async def test_no_more_than_the_bound_are_unanswered_at_once(
+    service: objects_pb2_grpc.ObjectServiceStub,
+    token_for: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = token_for("tenant-stream-bound")
+    keys = [(await create(service, token, name="o")).key for _ in range(10)]
+    monkeypatch.setattr(servicer, "STREAM_UPDATES_IN_FLIGHT", 3)
+    gate = asyncio.Event()
+    running = most = 0
+    original = ObjectCatalog.update
+
+    async def held(self: ObjectCatalog, tenant: str, key: str, patch: Any) -> Any:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await gate.wait()
+            return await original(self, tenant, key, patch)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(ObjectCatalog, "update", held)
+    answering = asyncio.ensure_future(stream(service, token, [update(k, "new") for k in keys]))
+    await asyncio.sleep(0.3)
+    assert running == 3  # the stream reads no further until an answer goes out
+    gate.set()
+
+    answers = await asyncio.wait_for(answering, 10)
+
+    assert [a.object.name for a in answers] == ["new"] * 10
+    assert most == 3
