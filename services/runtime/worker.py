@@ -319,6 +319,34 @@ class _Refused(Exception):
         return cls("error", None)
 
 
+class _LeaseBackoff:
+    """A lease loop's retry state: delays doubling to a cap, and one warning per outage (not
+    one per retry)."""
+
+    def __init__(self, target: str, stop_requested: asyncio.Event) -> None:
+        self._target = target
+        self._stop_requested = stop_requested
+        self._delay = _BACKOFF_MIN
+        self._failing = False
+
+    async def failed(self, code: str) -> None:
+        """Counts the failure and waits out the delay (less when the worker is stopping)."""
+        metrics.LEASE_ERRORS.labels(code).inc()
+        (log.debug if self._failing else log.warning)(
+            "cannot lease jobs; retrying",
+            extra={"code": code, "retry_in_s": self._delay, "target": self._target},
+        )
+        self._failing = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), self._delay)
+        self._delay = min(self._delay * 2, _BACKOFF_MAX)
+
+    def succeeded(self) -> None:
+        if self._failing:
+            log.info("leasing again", extra={"target": self._target})
+        self._failing, self._delay = False, _BACKOFF_MIN
+
+
 class Worker:
     """Leases and runs jobs of the registered kinds; see the module docstring."""
 
@@ -545,8 +573,7 @@ class Worker:
     async def _stream_loop(self) -> bool:
         """Leases on Work streams until the worker stops (True), or answers False at once when
         the jobs service has no Work method (an older release: lease with unary calls)."""
-        delay = _BACKOFF_MIN
-        failing = False
+        backoff = _LeaseBackoff(self.target, self._stop_requested)
         start = jobs_pb2.WorkStart(
             kinds=self.kinds, lease_duration=self._lease_duration, worker_id=self.worker_id
         )
@@ -562,13 +589,9 @@ class Worker:
                 else:
                     log.exception("could not open a Work stream")
                     code = type(err).__name__
-                failing = self._lease_failed(code, delay, failing)
-                await self._pause(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
+                await backoff.failed(code)
                 continue
-            if failing:
-                log.info("leasing again", extra={"target": self.target})
-            failing, delay = False, _BACKOFF_MIN
+            backoff.succeeded()
             previous, self._stream = self._stream, stream
             if previous is not None:
                 self._background(previous.close(_RELEASE_TIMEOUT))
@@ -580,10 +603,7 @@ class Worker:
                 return True
             if stream.usable:
                 continue  # old enough to be replaced: the next one may reach another replica
-            code = stream.error.code().name if stream.error is not None else "ENDED"
-            failing = self._lease_failed(code, delay, failing)
-            await self._pause(delay)
-            delay = min(delay * 2, _BACKOFF_MAX)
+            await backoff.failed(stream.error.code().name if stream.error is not None else "ENDED")
         return True
 
     async def _open_stream(self, start: jobs_pb2.WorkStart) -> WorkStream:
@@ -612,27 +632,13 @@ class Worker:
             self._slot_freed.clear()
             await wait_either(self._slot_freed, stream.ended, replace_at - time.monotonic())
 
-    def _lease_failed(self, code: str, delay: float, failing: bool) -> bool:
-        metrics.LEASE_ERRORS.labels(code).inc()
-        # One warning per outage, not one per retry.
-        (log.debug if failing else log.warning)(
-            "cannot lease jobs; retrying",
-            extra={"code": code, "retry_in_s": delay, "target": self.target},
-        )
-        return True
-
-    async def _pause(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop_requested.wait(), delay)
-
     def _background(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
 
     async def _unary_lease_loop(self) -> None:
-        delay = _BACKOFF_MIN
-        failing = False
+        backoff = _LeaseBackoff(self.target, self._stop_requested)
         kinds = self.kinds
         while not self._stopping:
             free = self.concurrency - len(self._running)
@@ -669,13 +675,9 @@ class Worker:
                     if isinstance(error, grpc.aio.AioRpcError)
                     else type(error).__name__
                 )
-                failing = self._lease_failed(code, delay, failing)
-                await self._pause(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
+                await backoff.failed(code)
                 continue
-            if failing:
-                log.info("leasing again", extra={"target": self.target})
-            failing, delay = False, _BACKOFF_MIN
+            backoff.succeeded()
             received = time.monotonic()
             for lease in poll.result().leases:
                 self._start_job(lease, received)
