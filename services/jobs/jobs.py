@@ -462,14 +462,11 @@ class JobQueue:
             "now": now,
         }
         caps = {kind: self._caps[kind] for kind in kinds if kind in self._caps}
-        if caps and self._lite is not None:
-            claimed = await self._lite.claim(**arguments, caps=caps)
-            self._signals.publish(job_ids=[r.id for r in claimed])
-            return claimed
-        if caps:
+        if caps and self._lite is None:
             # One job per claim: the running counts the cap is checked against are read
             # before the claim, so a batch could start several of one tenant's jobs at once.
-            # Capped kinds are the expensive ones; the general statement serves them.
+            # On PostgreSQL the general statement serves the capped (expensive) kinds; SQLite's
+            # hot path checks caps in its own claim, below.
             arguments["limit"] = 1
             async with self._engine.begin() as conn:
                 claimed = await store.claim(conn, **arguments, caps=caps)
@@ -480,7 +477,10 @@ class JobQueue:
                 self._signals.publish(job_ids=[r.id for r in claimed])
             return claimed
         if self._fast is not None:
-            claimed = await self._fast.claim(**arguments)
+            if self._lite is not None:
+                claimed = await self._lite.claim(**arguments, caps=caps)
+            else:
+                claimed = await self._fast.claim(**arguments)
             # Nothing to send on SQLite: it has no other replica (Signals knows none).
             self._signals.publish(job_ids=[r.id for r in claimed])
             return claimed
