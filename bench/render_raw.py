@@ -104,6 +104,31 @@ def make_scene(triangles: int = 100_000, texture_px: int = 1024, seed: int = 0) 
     return placed
 
 
+class RawFrames:
+    """The reference kept open to time one frame at a time (drawn and encoded as JPEG, the
+    context, textures and geometry kept as the render service keeps them), so its frames can
+    alternate with another variant's and both see the machine in the same state."""
+
+    def __init__(
+        self, placed: list[Placed], width: int = 1280, height: int = 720, samples: int = 4
+    ) -> None:
+        self._placed = placed
+        self._settings = RenderSettings(width, height, "jpeg", camera=Camera())
+        self._rasterizer = Rasterizer(
+            samples=samples, texture_cache_bytes=DEFAULT_TEXTURE_CACHE_BYTES
+        )
+        self.frame()  # warm-up: the context, the uploads, the prepared geometry
+
+    def frame(self) -> float:
+        """Seconds for one frame: draw, read back, encode."""
+        started = time.perf_counter()
+        encode(self._rasterizer.render_pixels(self._placed, self._settings, frozen=True), "jpeg")
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self._rasterizer.close()
+
+
 def time_raw(
     placed: list[Placed],
     width: int = 1280,
