@@ -1,5 +1,6 @@
-"""The render process caps glibc's malloc arenas (services/render/__main__.py), so the threads
-that edit images share two heaps instead of one each."""
+"""The render process caps glibc's malloc arenas (services/runtime/malloc.py, applied in
+services/render/__main__.py), so the threads that edit images share two heaps instead of one
+each."""
 
 from __future__ import annotations
 
