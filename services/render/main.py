@@ -1,6 +1,6 @@
 """Wires the render service: ImageService, StorageService and RenderService for requests; the
 workers of `image.edit`, `image.edit_batch` and the scene jobs (`scene.import`, `scene.export`,
-`scene.render`); the sweep of temporary results."""
+`scene.render`, their 3D stack loaded on the first scene job); the sweep of temporary results."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from kiln.render.v1 import render_pb2, render_pb2_grpc
 
 from services.render.edit_jobs import edit_handlers
 from services.render.editing import ImageEditor
-from services.render.scene_jobs import SceneWorkshop
 from services.render.scene_servicer import RenderServicer
-from services.render.scenes.raster import Rasterizer
+from services.render.scene_stack import SceneStack
 from services.render.servicer import ImageServicer
 from services.render.storages import open_storages
 from services.render.storages_servicer import StorageServicer
@@ -42,15 +41,9 @@ async def build(config: ServiceConfig) -> Registration:
     await blobs.ensure_bucket()
     storages = await open_storages(config)
     editor = ImageEditor(config.imaging, blobs, storages.resolver)
-    # The GL context is made on first use, on the rasterizer's own thread.
-    rasterizer = Rasterizer(
-        max_pixels=config.scenes.max_render_pixels,
-        backend=config.scenes.gl_backend,
-        texture_cache_bytes=config.scenes.texture_cache_bytes,
-    )
     token = TokenFile(config.worker.token_file)
-    workshop = SceneWorkshop(config.scenes, blobs, scenes, token.metadata, rasterizer)
-    handlers = {**edit_handlers(editor), **workshop.handlers()}
+    scene_stack = SceneStack(config.scenes, blobs, scenes, token.metadata)
+    handlers = {**edit_handlers(editor), **scene_stack.handlers()}
     worker = Worker.from_config(config, handlers, blobs=blobs)
     # The worker leases in the background, reconnecting until the jobs service is up.
     await worker.start()
@@ -84,7 +77,7 @@ async def build(config: ServiceConfig) -> Registration:
             await sweeper
         await editor.close()
         await storages.close()
-        rasterizer.close()
+        scene_stack.close()
         await objects.close()
         await jobs.close()
         await blobs.close()

@@ -22,10 +22,11 @@ from kiln.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from kiln.objects.v1 import scenes_pb2, scenes_pb2_grpc
 from kiln.render.v1 import render_pb2, render_pb2_grpc
 
-from services.render.scene_jobs import EXPORT_KIND, IMPORT_KIND, RENDER_KIND, RenderParams
-from services.render.scenes.exporting import ExportRefused, check_export
-from services.render.scenes.importing import (
+from services.render.scene_kinds import EXPORT_KIND, IMPORT_KIND, RENDER_KIND, RenderParams
+from services.render.scenes.formats import (
     MODEL_EXTENSIONS,
+    ExportRefused,
+    check_export,
     extension_of,
     safe_file_stem,
     unique_file_name,

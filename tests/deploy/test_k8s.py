@@ -320,7 +320,7 @@ def test_the_extras_add_queue_depth_for_the_kinds_each_pool_runs(
 ) -> None:
     from services.archive.archiver import KIND as ARCHIVE_KIND
     from services.render.edit_jobs import BATCH_KIND, EDIT_KIND
-    from services.render.scene_jobs import EXPORT_KIND, IMPORT_KIND, RENDER_KIND
+    from services.render.scene_kinds import EXPORT_KIND, IMPORT_KIND, RENDER_KIND
 
     kinds = {
         "render": {EDIT_KIND, BATCH_KIND, IMPORT_KIND, EXPORT_KIND, RENDER_KIND},

@@ -26,13 +26,8 @@ import pytest_asyncio
 import trimesh
 
 from services.render.scenes import importing
-from services.render.scenes.exporting import (
-    CLARA_ONLY,
-    SUPPORTED,
-    ExportRefused,
-    check_export,
-    export_scene,
-)
+from services.render.scenes.exporting import export_scene
+from services.render.scenes.formats import CLARA_ONLY, SUPPORTED, ExportRefused, check_export
 from services.render.scenes.importing import ImportBudget, ImportedScene, parse_upload
 from services.render.scenes.model import Placed, SceneEmpty, SceneFileInvalid, SceneTooLarge
 from tests.render import meshes

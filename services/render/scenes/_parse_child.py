@@ -370,7 +370,7 @@ def _candidates(reference: str) -> Iterator[str]:
 
 def confined_resolver(folder: Path, uploaded: frozenset[str], model: str) -> Any:
     """trimesh's file resolver restricted to the uploaded files: a name is served only when
-    it is the plain name of one of them (see `importing.is_plain_name`); anything else (a
+    it is the plain name of one of them (see `formats.is_plain_name`); anything else (a
     path, `..`, an absolute name, a URL, a file not uploaded) is refused unread, as missing.
     """
     return _define_confined_resolver()(folder, uploaded, model)
@@ -382,7 +382,7 @@ def _define_confined_resolver() -> Any:
     import trimesh
     from PIL import Image
 
-    from services.render.scenes.importing import is_plain_name
+    from services.render.scenes.formats import is_plain_name
 
     class Confined(trimesh.resolvers.FilePathResolver):
         def __init__(self, folder: Path, uploaded: frozenset[str], model: str) -> None:
@@ -512,11 +512,8 @@ def check_textures(parsed: Parsed, budget: dict[str, Any]) -> None:
 
 
 def write_result(parsed: Parsed, out: Path) -> None:
-    from services.render.scenes.importing import (
-        MANIFEST_NAME,
-        safe_file_stem,
-        unique_file_name,
-    )
+    from services.render.scenes.formats import safe_file_stem, unique_file_name
+    from services.render.scenes.importing import MANIFEST_NAME
     from services.render.scenes.model import mesh_to_glb, row_major
 
     textures = []

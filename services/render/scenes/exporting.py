@@ -14,7 +14,7 @@ PLY is one mesh: the objects joined, their colours (vertex, face, or sampled fro
 as vertex colours. `center=True` (Clara's centerScene) first moves the whole scene so the
 centre of its world bounding box is the origin.
 
-Every file name inside an output comes from names made safe here (`safe_file_stem`): object
+Every file name inside an output comes from names made safe (`formats.safe_file_stem`): object
 names are the user's and may be anything (`../../etc/passwd`, `CON`, empty), and an archive
 member with a path in it is a classic way to write outside the folder it is extracted to.
 The OBJ and MTL are written here rather than by trimesh for the same reason: trimesh puts
@@ -42,13 +42,13 @@ from typing import Any
 import numpy as np
 import trimesh
 
-from services.render.scenes.importing import safe_file_stem, unique_file_name
+from services.render.scenes.formats import (
+    check_export,
+    normalized_extension,
+    safe_file_stem,
+    unique_file_name,
+)
 from services.render.scenes.model import GLB_MIME, Placed, SceneEmpty
-
-SUPPORTED = ("obj", "glb", "gltf", "stl", "ply")
-"""The extensions Kiln exports."""
-CLARA_ONLY = ("babylon", "blend", "fbx", "dae", "json", "threejs", "x3d", "v2bundle")
-"""Extensions Clara lists and Kiln does not produce: refused with their own message."""
 
 ZIP_MIME = "application/zip"
 GLTF_MIME = "model/gltf+json"
@@ -72,29 +72,6 @@ class ExportFile:
     mime_type: str
 
 
-class ExportRefused(ValueError):
-    """An export that cannot be made; the message is for the caller."""
-
-
-def _normalized(extension: str) -> str:
-    return extension.strip().lower().removeprefix(".")
-
-
-def check_export(extension: str, zip_output: bool) -> None:
-    """Refuses (`ExportRefused`) an extension Kiln does not export and STL without zip; cheap,
-    for before a job is queued."""
-    normalized = _normalized(extension)
-    supported = ", ".join(SUPPORTED)
-    if normalized in CLARA_ONLY:
-        raise ExportRefused(
-            f"export to .{normalized} is not supported by Kiln; supported: {supported}"
-        )
-    if normalized not in SUPPORTED:
-        raise ExportRefused(f"unsupported export extension {extension!r}; supported: {supported}")
-    if normalized == "stl" and not zip_output:
-        raise ExportRefused("stl export is always zipped; zip=false is not supported")
-
-
 def export_scene(
     placed: Sequence[Placed],
     extension: str,
@@ -109,7 +86,7 @@ def export_scene(
     triangle; objects without triangles are left out.
     """
     check_export(extension, zip_output)
-    extension = _normalized(extension)
+    extension = normalized_extension(extension)
     objects = [item for item in placed if len(item.mesh.faces) > 0]
     if not objects:
         raise SceneEmpty("the scene has no triangles to export")

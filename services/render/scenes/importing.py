@@ -49,7 +49,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import stat
@@ -63,6 +62,7 @@ from typing import Any
 import numpy as np
 import trimesh
 
+from services.render.scenes.formats import MODEL_EXTENSIONS, extension_of, is_plain_name
 from services.render.scenes.model import (
     Placed,
     SceneFileInvalid,
@@ -72,9 +72,6 @@ from services.render.scenes.model import (
 )
 
 log = logging.getLogger(__name__)
-
-MODEL_EXTENSIONS = ("glb", "gltf", "fbx", "obj", "ply", "stl", "off")
-"""The model formats an import reads, in the order the main model file is chosen."""
 
 MANIFEST_NAME = "manifest.json"
 ERROR_NAME = "error.json"
@@ -171,51 +168,6 @@ class ImportedScene:
                 mesh = mesh.copy()
             placed.append(Placed(name=node.name, mesh=mesh, transform=node.transform))
         return placed
-
-
-_PLAIN_NAME = re.compile(r"[^/\\:\x00-\x1f]+")
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
-# Names Windows reserves whatever the extension; a file called so cannot be created there.
-_WINDOWS_RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL"]
-    + [f"COM{i}" for i in range(1, 10)]
-    + [f"LPT{i}" for i in range(1, 10)]
-)
-
-
-def is_plain_name(name: str) -> bool:
-    """Whether `name` names a file directly inside a folder: no separator (either kind), no
-    drive or URL scheme (`:`), no control character, not `.` or `..`."""
-    return bool(_PLAIN_NAME.fullmatch(name)) and name not in (".", "..")
-
-
-def safe_file_stem(name: str, default: str = "object", max_length: int = 64) -> str:
-    """`name` made into a file name stem safe on any system: only letters, digits, `.`, `_`
-    and `-`; no leading dot (hidden files, `..`); not a name Windows reserves; never empty."""
-    stem = _UNSAFE_CHARS.sub("_", name).strip("._-")[:max_length].strip("._-")
-    if not stem:
-        return default
-    if stem.split(".")[0].upper() in _WINDOWS_RESERVED:
-        return f"{stem}_"
-    return stem
-
-
-def unique_file_name(stem: str, extension: str, taken: set[str]) -> str:
-    """`stem.extension` (`stem` when there is no extension), or `stem-2.extension`, …,
-    whichever is not in `taken` (compared without case, as case-insensitive file systems and
-    zip tools do); the name is added to `taken`."""
-    suffix = f".{extension}" if extension else ""
-    name = f"{stem}{suffix}"
-    number = 1
-    while name.lower() in taken:
-        number += 1
-        name = f"{stem}-{number}{suffix}"
-    taken.add(name.lower())
-    return name
-
-
-def extension_of(name: str) -> str:
-    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
 
 
 def model_files(files: Sequence[str]) -> list[str]:
