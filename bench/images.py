@@ -3,9 +3,10 @@
 Twenty photo-like 12 MP JPEGs (4000 x 3000, quality 90, synthesized with a fixed seed: smooth
 gradients, shapes and film-grain noise, 3 to 6 MB each, as camera photos are) are served by a
 loopback HTTP server. Each way resizes every photo to 1000 px wide, sharpens it and encodes
-WebP (quality 75), two images in flight at a time, fetching its input over HTTP:
+WebP (quality 75), fetching its input over HTTP, two images in flight at a time for every way
+(`--in-flight` sets another number, for all three alike):
 
-- **raw** (the reference): in this process, two threads: httpx GET →
+- **raw** (the reference): in this process, a thread per image in flight: httpx GET →
   `pyvips.Image.thumbnail_buffer(data, 1000)` → an unsharp mask of radius 1 and amount 1.5
   (`image + 1.5 * (image - gaussblur(1))`) → `webpsave_buffer(Q=75)`. The same libvips calls
   Kiln makes, with nothing around them.
@@ -16,16 +17,20 @@ WebP (quality 75), two images in flight at a time, fetching its input over HTTP:
   crop; sharpness 25 is the unsharp mask above) and WebP output, polled on
   `GET /v1/image/edit/async/{id}` every 50 ms until DONE, then the output fetched from its
   `tmp_url` and checked (1000 px wide WebP). Latency is submit → output fetched.
+- **kiln-sse**: the same suite and request, the task followed instead of polled: its view as
+  Server-Sent Events (`Accept: text/event-stream` on the same URL, Kiln's addition to Claid's
+  API) until DONE.
 - **thumbor** 7.8.0 from PyPI, in its own virtualenv (`bench/.venv-thumbor`, created on first
   use), two server processes behind a round-robin client (thumbor's own `--processes` forks
   share one port; two servers make the two workers explicit):
   `/unsafe/1000x0/filters:sharpen(1.5,1,false):quality(75):format(webp)/127.0.0.1:PORT/photoN.jpg`.
 
-The three alternate for `--rounds` rounds (3); images/s and latency percentiles are medians
+The ways alternate for `--rounds` rounds (3); images/s and latency percentiles are medians
 over rounds. Peak RSS per worker is each worker process's VmHWM over the whole run (for raw,
 this process).
 
-    python -m bench.images [--rounds 3] [--images 20] [--only raw,kiln,thumbor]
+    python -m bench.images [--rounds 3] [--images 20] [--in-flight 2]
+                           [--only raw,kiln,kiln-sse,thumbor]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import asyncio
 import concurrent.futures
 import functools
 import http.server
+import json
 import os
 import shutil
 import signal
@@ -61,6 +67,7 @@ from deploy.local.seaweed import free_port
 WIDTH, HEIGHT = 4000, 3000
 TARGET_WIDTH = 1000
 IN_FLIGHT = 2
+"""Images in flight at a time, for every way alike (`--in-flight`)."""
 POLL_SECONDS = 0.05
 #: Generated photos are kept here between runs (bench/results/ is not committed).
 PHOTO_CACHE = Path(__file__).parent / "results" / "photos"
@@ -106,9 +113,9 @@ def serve(directory: Path) -> tuple[http.server.ThreadingHTTPServer, int]:
 
 
 async def in_flight(
-    count: int, one: Callable[[int], Awaitable[float]]
+    count: int, one: Callable[[int], Awaitable[float]], lanes: int
 ) -> tuple[float, list[float]]:
-    """Runs `one(i)` for every image, IN_FLIGHT at a time; answers wall time and latencies."""
+    """Runs `one(i)` for every image, `lanes` at a time; answers wall time and latencies."""
     queue = list(range(count))
     latencies: list[float] = []
 
@@ -117,7 +124,7 @@ async def in_flight(
             latencies.append(await one(queue.pop(0)))
 
     started = time.perf_counter()
-    await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
+    await asyncio.gather(*(lane() for _ in range(lanes)))
     return time.perf_counter() - started, latencies
 
 
@@ -138,7 +145,7 @@ def raw_edit(data: bytes) -> bytes:
 
 
 async def raw_round(
-    urls: list[str], pool: concurrent.futures.Executor
+    urls: list[str], pool: concurrent.futures.Executor, lanes: int
 ) -> tuple[float, list[float]]:
     loop = asyncio.get_running_loop()
     async with httpx.AsyncClient(timeout=60) as http:
@@ -150,10 +157,38 @@ async def raw_round(
             check_webp(out)
             return time.perf_counter() - started
 
-        return await in_flight(len(urls), one)
+        return await in_flight(len(urls), one, lanes)
 
 
 # --- kiln -----------------------------------------------------------------------------------
+
+
+def _finished(data: dict[str, Any]) -> bool:
+    if data["status"] == "ERROR":
+        raise RuntimeError(f"task {data['id']} failed: {data['errors']}")
+    return bool(data["status"] == "DONE")
+
+
+async def polled(http: httpx.AsyncClient, path: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The task view once DONE, polled every POLL_SECONDS, as Claid's clients do."""
+    while True:
+        data: dict[str, Any] = (await http.get(path, headers=headers)).raise_for_status().json()
+        if _finished(data["data"]):
+            return data["data"]
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def followed(http: httpx.AsyncClient, path: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The task view once DONE, followed as Server-Sent Events (docs/apis/claid.md)."""
+    events = {**headers, "Accept": "text/event-stream"}
+    async with http.stream("GET", path, headers=events) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                data: dict[str, Any] = json.loads(line.removeprefix("data: "))["data"]
+                if _finished(data):
+                    return data
+    raise RuntimeError(f"{path}: the event stream ended before the task was DONE")
 
 
 class Kiln:
@@ -204,7 +239,7 @@ class Kiln:
         reply = await http.post("/oauth2/application_token", auth=("demo", "demo-secret"))
         return str(reply.raise_for_status().json()["access_token"])
 
-    async def round(self, urls: list[str]) -> tuple[float, list[float]]:
+    async def round(self, urls: list[str], lanes: int, follow: bool) -> tuple[float, list[float]]:
         base = f"http://127.0.0.1:{self.env['KILN_GATEWAY_PORT']}"
         async with (
             httpx.AsyncClient(base_url=base, timeout=60) as http,
@@ -224,19 +259,14 @@ class Kiln:
                 }
                 accepted = await http.post("/v1/image/edit/async", json=body, headers=headers)
                 task = accepted.raise_for_status().json()["data"]["id"]
-                while True:
-                    view = await http.get(f"/v1/image/edit/async/{task}", headers=headers)
-                    data = view.raise_for_status().json()["data"]
-                    if data["status"] == "DONE":
-                        break
-                    if data["status"] == "ERROR":
-                        raise RuntimeError(f"task {task} failed: {data['errors']}")
-                    await asyncio.sleep(POLL_SECONDS)
+                path = f"/v1/image/edit/async/{task}"
+                until_done = followed if follow else polled
+                data = await until_done(http, path, headers)
                 out = await anonymous.get(data["result"]["output_object"]["tmp_url"])
                 check_webp(out.raise_for_status().content)
                 return time.perf_counter() - started
 
-            return await in_flight(len(urls), one)
+            return await in_flight(len(urls), one, lanes)
 
 
 def wait_port(port: int, within: float = 60) -> None:
@@ -309,7 +339,7 @@ class Thumbor:
         for process in self.processes:
             process.wait(30)
 
-    async def round(self, urls: list[str]) -> tuple[float, list[float]]:
+    async def round(self, urls: list[str], lanes: int) -> tuple[float, list[float]]:
         async with httpx.AsyncClient(timeout=120) as http:
 
             async def one(i: int) -> float:
@@ -324,19 +354,21 @@ class Thumbor:
                 check_webp(out.raise_for_status().content)
                 return time.perf_counter() - started
 
-            return await in_flight(len(urls), one)
+            return await in_flight(len(urls), one, lanes)
 
 
 # --- the run --------------------------------------------------------------------------------
 
 
-async def run(ways: list[str], images: int, rounds: int) -> tuple[list[Figure], dict[str, Any]]:
+async def run(
+    ways: list[str], images: int, rounds: int, lanes: int
+) -> tuple[list[Figure], dict[str, Any]]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-images-"))
     notes: dict[str, Any] = {}
     kiln: Kiln | None = None
     thumbor: Thumbor | None = None
     server = None
-    pool = concurrent.futures.ThreadPoolExecutor(IN_FLIGHT)
+    pool = concurrent.futures.ThreadPoolExecutor(lanes)
     try:
         started = time.perf_counter()
         sizes = []
@@ -358,15 +390,20 @@ async def run(ways: list[str], images: int, rounds: int) -> tuple[list[Figure], 
         urls = [f"http://127.0.0.1:{port}/photo{i}.jpg" for i in range(images)]
         rounds_of: dict[str, Callable[[], Awaitable[tuple[float, list[float]]]]] = {}
         if "raw" in ways:
-            rounds_of["raw"] = functools.partial(raw_round, urls, pool)
+            rounds_of["raw"] = functools.partial(raw_round, urls, pool, lanes)
         if "kiln" in ways:
             kiln = Kiln()
             kiln.start()
-            rounds_of["kiln"] = functools.partial(kiln.round, urls)
+            rounds_of["kiln"] = functools.partial(kiln.round, urls, lanes, False)
+        if "kiln-sse" in ways:
+            if kiln is None:
+                kiln = Kiln()
+                kiln.start()
+            rounds_of["kiln-sse"] = functools.partial(kiln.round, urls, lanes, True)
         if "thumbor" in ways:
             thumbor = Thumbor(workdir)
             thumbor.start()
-            rounds_of["thumbor"] = functools.partial(thumbor.round, urls)
+            rounds_of["thumbor"] = functools.partial(thumbor.round, urls, lanes)
         walls: dict[str, list[float]] = {name: [] for name in rounds_of}
         p50s: dict[str, list[float]] = {name: [] for name in rounds_of}
         p99s: dict[str, list[float]] = {name: [] for name in rounds_of}
@@ -379,7 +416,7 @@ async def run(ways: list[str], images: int, rounds: int) -> tuple[list[Figure], 
                 p50s[name].append(percentile(latencies, 0.5))
                 p99s[name].append(percentile(latencies, 0.99))
                 print(f"{name}: {images / wall:.2f} images/s", file=sys.stderr)
-        case = f"{images} photos 12 MP -> 1000 px + sharpen -> WebP, {IN_FLIGHT} in flight"
+        case = f"{images} photos 12 MP -> 1000 px + sharpen -> WebP, {lanes} in flight"
         figures: list[Figure] = []
         for name in rounds_of:
             figures.append(
@@ -418,10 +455,15 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=20)
-    parser.add_argument("--only", default="raw,kiln,thumbor", help="comma-separated ways")
+    parser.add_argument("--only", default="raw,kiln,kiln-sse,thumbor", help="comma-separated ways")
+    parser.add_argument(
+        "--in-flight", type=int, default=IN_FLIGHT, help="images in flight, for every way alike"
+    )
     args = parser.parse_args()
     ways = [w.strip() for w in args.only.split(",") if w.strip()]
-    figures, notes = asyncio.run(run(ways, args.images, args.rounds))
+    if args.in_flight < 1:
+        parser.error("--in-flight must be at least 1")
+    figures, notes = asyncio.run(run(ways, args.images, args.rounds, args.in_flight))
     throughput = [f for f in figures if f.unit == "images/s"]
     memory = [f for f in figures if f.unit == "MiB"]
     reference = "raw" if "raw" in ways else ways[0]
@@ -432,11 +474,13 @@ def main() -> None:
             **notes,
             "images": args.images,
             "rounds": args.rounds,
-            "in_flight": IN_FLIGHT,
+            "in_flight": args.in_flight,
             "figures": "medians over the rounds (after one warm-up round each)",
-            "raw": "pyvips thumbnail_buffer + sharpen + webpsave, 2 threads, this process",
+            "raw": "pyvips thumbnail_buffer + sharpen + webpsave, a thread per image in flight, "
+            "this process",
             "kiln": "POST /v1/image/edit/async, polled every 50 ms, output fetched; 2 render "
             "processes with KILN_IMAGE_THREADS=1, KILN_WORKER_CONCURRENCY=1",
+            "kiln-sse": "as kiln, the task followed as Server-Sent Events instead of polled",
             "thumbor": f"thumbor {THUMBOR_VERSION}, 2 servers, HTTP loader, round-robin",
         },
     )

@@ -29,6 +29,7 @@ from typing import Generic, TypeVar
 
 import grpc
 from google.protobuf.message import Message
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -84,6 +85,15 @@ class SseEvent:
 
 
 @dataclass(frozen=True)
+class SseComment(SseEvent):
+    """A comment line (`: data`): no event for the client, bytes that keep the stream alive;
+    what a stream sends for a message that changed nothing its client sees."""
+
+    def encode(self) -> bytes:
+        return f": {_field(self.data)}\n\n".encode()
+
+
+@dataclass(frozen=True)
 class ServerStream(Generic[Req, Resp]):
     """How one server-streaming method is served as SSE."""
 
@@ -101,6 +111,11 @@ class ServerStream(Generic[Req, Resp]):
     @property
     def proto_service(self) -> str:
         return split_method(self.method)[0]
+
+
+def wants_events(request: Request) -> bool:
+    """Whether the request asks for Server-Sent Events (`Accept: text/event-stream`)."""
+    return MEDIA_TYPE in request.headers.get("accept", "").lower()
 
 
 def sse_handler(stream: ServerStream[Req, Resp]) -> Handler:

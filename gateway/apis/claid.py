@@ -7,22 +7,36 @@ used. A task id that is not an integer is 422 (Claid's validation error, code 90
 unknown task, another tenant's, or a job of another kind is 404. Errors answer Claid's
 `{"error_code", "error_type", "error_message", "error_details"}` (`gateway.errors.claid_shape`).
 The image-edit issue answers its accepted response with `task_response` too.
+
+With `Accept: text/event-stream` (Kiln's, not Claid's: a Claid client never sends it) the task
+view comes as Server-Sent Events instead: one event whose data is the body a GET would answer
+then, another each time that body changes (status, result, errors), and the stream ends after
+the task is DONE or ERROR. A client that follows the task so learns it is done as it happens,
+where polling learns it up to an interval late and pays a request per poll.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 import grpc
 from kiln.jobs.v1 import jobs_pb2
 from starlette.responses import Response
 
 from gateway.apis import jobs_views
-from gateway.apis.jobs_views import CLAID_KIND, CLAID_PREFIXES, CLAID_TASK_PATH, JOB_SERVICE
+from gateway.apis.jobs_views import (
+    CLAID_KIND,
+    CLAID_PREFIXES,
+    CLAID_TASK_PATH,
+    JOB_SERVICE,
+    WATCH_METHOD,
+)
 from gateway.apis.registry import ApiModule
 from gateway.errors import ApiError, ErrorShapes, claid_shape
-from gateway.jsonpb import json_response
+from gateway.jsonpb import dumps, json_response
 from gateway.routing import Endpoint, Handler, RequestContext, endpoint
+from gateway.sse import ServerStream, SseComment, SseEvent, sse_handler, wants_events
 
 _INTEGER = re.compile(r"[+-]?\d{1,19}")
 _INT64_MAX = 2**63 - 1
@@ -75,12 +89,42 @@ async def get_task_job(
     return job
 
 
+@dataclass
+class _TaskViews:
+    """Renders each WatchJob state as the task's body; a body like the last is a comment."""
+
+    base: str
+    prefix: str
+    last: bytes = field(default=b"")
+
+    def render(self, message: jobs_pb2.WatchJobResponse) -> SseEvent:
+        body = dumps(jobs_views.claid_task(message.job, self.base, self.prefix))
+        if body == self.last:
+            return SseComment(data="unchanged")
+        self.last = body
+        return SseEvent(data=body.decode())
+
+
+async def task_events(context: RequestContext, job: jobs_pb2.Job, prefix: str) -> Response:
+    """The task as Server-Sent Events (see the module), `job` already the caller's task."""
+    views = _TaskViews(base=jobs_views.base_url(context.request), prefix=prefix)
+    stream = ServerStream(
+        method=WATCH_METHOD,
+        request=lambda _: jobs_pb2.WatchJobRequest(job_id=job.id),
+        response_type=jobs_pb2.WatchJobResponse,
+        render=views.render,
+    )
+    return await sse_handler(stream)(context)
+
+
 def task_handler(prefix: str) -> Handler:
     """The handler of `GET {prefix}/image/edit/async/{task_id}`."""
 
     async def get_task(context: RequestContext) -> Response:
         task_id = parse_task_id(context.path_params["task_id"])
         job = await get_task_job(context, task_id)
+        if wants_events(context.request):
+            return await task_events(context, job, prefix)
         return task_response(context, job, prefix)
 
     return get_task

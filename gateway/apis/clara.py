@@ -42,7 +42,7 @@ from gateway.apis.registry import ApiModule
 from gateway.errors import ApiError, ErrorShapes, clara_shape
 from gateway.jsonpb import JsonValue, dumps, json_response
 from gateway.routing import Endpoint, Handler, RequestContext, endpoint
-from gateway.sse import MEDIA_TYPE, ServerStream, SseEvent, sse_handler
+from gateway.sse import ServerStream, SseComment, SseEvent, sse_handler, wants_events
 from services.runtime.blob_keys import check_output_name
 from services.runtime.errors import InvalidArgument
 
@@ -75,11 +75,6 @@ def accepted(context: RequestContext, job: jobs_pb2.Job) -> Response:
     )
 
 
-def wants_events(request: Request) -> bool:
-    """Whether the request asks for Server-Sent Events (`Accept: text/event-stream`)."""
-    return MEDIA_TYPE in request.headers.get("accept", "").lower()
-
-
 def redirect_disabled(request: Request) -> bool:
     """`?redirect=false` (also 0 / no / off)."""
     return request.query_params.get("redirect", "").strip().lower() in _FALSE
@@ -101,14 +96,6 @@ def job_response(context: RequestContext, job: jobs_pb2.Job) -> Response:
 # --- the job event stream -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Unchanged(SseEvent):
-    """A state whose Clara view did not change: a comment, which also keeps the stream alive."""
-
-    def encode(self) -> bytes:
-        return b": unchanged\n\n"
-
-
 @dataclass
 class _Deltas:
     """Renders each WatchJob state: the whole job first, then only the changed fields."""
@@ -123,7 +110,7 @@ class _Deltas:
         else:
             data = jobs_views.clara_delta(self.last, current)
             if not data:
-                return _Unchanged(data="")
+                return SseComment(data="unchanged")
         self.last = current
         return SseEvent(data=dumps(data).decode())
 

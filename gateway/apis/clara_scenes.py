@@ -47,6 +47,7 @@ from gateway.apis.registry import ApiModule
 from gateway.errors import ApiError, ErrorShapes, clara_shape
 from gateway.jsonpb import JsonValue, json_response
 from gateway.routing import Endpoint, RequestContext, endpoint, limited_request
+from gateway.sse import wants_events
 
 PREFIX = "/api/scenes"
 SCENE_PATH = PREFIX + "/{sceneId}"
@@ -337,7 +338,7 @@ async def _finish(
     """How a Clara call answers the job it created (see the module)."""
     if not wait:
         return clara.accepted(context, job)
-    if clara.wants_events(context.request):
+    if wants_events(context.request):
         return await clara.job_events(context, job.id)
     job = await jobs_views.wait_for_job(context, job, SYNC_WAIT_SECONDS)
     if job.status not in TERMINAL:

@@ -490,6 +490,75 @@ async def test_claid_failed_and_cancelled_are_error(surf: Surfaces, outcome: str
     assert MICROS_UTC.fullmatch(error["created_at"]) and error["input_object"] is None
 
 
+async def test_claid_task_as_events_until_done(surf: Surfaces) -> None:
+    a = surf.a
+    job = await surf.jobs.create(a, "image.edit", {"request": EDIT_REQUEST})
+    url = f"/v1/image/edit/async/{job.seq_id}"
+    headers = {**a.bearer_header, "Accept": "text/event-stream"}
+    async with surf.http.stream("GET", url, headers=headers, timeout=20) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        reader = EventReader(response)
+        first = await reader.next()
+        # Each event is the body a GET answers at that moment, under the prefix used.
+        assert (
+            first is not None
+            and first.json() == (await claid_task(surf, a, job.seq_id, "/v1")).json()
+        )
+        assert first.json()["data"]["status"] == "ACCEPTED"
+
+        await surf.jobs.lease(job)
+        event = await reader.next()
+        assert event is not None and event.json()["data"]["status"] == "PROCESSING"
+        # Progress is not in Claid's view: it changes nothing there, so no event (a comment).
+        await surf.jobs.progress(job, 0.5)
+        result = {"output_object": {"ext": "webp", "width": 1000, "tmp_url": "https://x.example/o"}}
+        await surf.jobs.complete(job, result=result)
+        event = await reader.next()
+        assert event is not None
+        done = event.json()["data"]
+        assert done["status"] == "DONE" and done["result"] == result
+        assert done["result_url"] == f"{surf.base_url}{url}"
+        assert "unchanged" in reader.comments
+        assert await asyncio.wait_for(reader.next(), 5) is None
+
+
+async def test_claid_task_events_of_a_failed_task_is_one_error_event(surf: Surfaces) -> None:
+    a = surf.a
+    job = await surf.jobs.create(a, "image.edit", {"request": EDIT_REQUEST})
+    await outcome_driver(surf, a, job, "failed")()
+    headers = {**a.bearer_header, "Accept": "text/event-stream"}
+    url = f"/v1-beta1/image/edit/async/{job.seq_id}"
+    async with surf.http.stream("GET", url, headers=headers, timeout=20) as response:
+        reader = EventReader(response)
+        event = await reader.next()
+        assert event is not None and event.json()["data"]["status"] == "ERROR"
+        assert event.json()["data"]["errors"][0]["error"] == "the renderer crashed"
+        assert await asyncio.wait_for(reader.next(), 5) is None
+
+
+async def test_claid_task_events_refuse_what_get_refuses(surf: Surfaces) -> None:
+    job = await surf.jobs.create(surf.a, "image.edit", {"request": EDIT_REQUEST})
+    events = {"Accept": "text/event-stream"}
+    for tenant, task_id, status in (
+        (surf.b, str(job.seq_id), 404),  # another tenant's task
+        (surf.a, "987654321012", 404),
+        (surf.a, "abc", 422),
+    ):
+        response = await surf.http.get(
+            f"/v1/image/edit/async/{task_id}", headers={**tenant.bearer_header, **events}
+        )
+        assert response.status_code == status, response.text
+        assert set(response.json()) == {
+            "error_code",
+            "error_type",
+            "error_message",
+            "error_details",
+        }
+    response = await surf.http.get(f"/v1/image/edit/async/{job.seq_id}", headers=events)
+    assert response.status_code == 401 and response.json()["error_code"] == "111"
+
+
 @pytest.mark.parametrize("task_id", ["abc", "1.5", "1e3", "99999999999999999999999", "%20"])
 async def test_claid_non_integer_task_id_is_422(surf: Surfaces, task_id: str) -> None:
     response = await claid_task(surf, surf.a, task_id)
