@@ -172,9 +172,10 @@ def _finished(data: dict[str, Any]) -> bool:
 async def polled(http: httpx.AsyncClient, path: str, headers: dict[str, str]) -> dict[str, Any]:
     """The task view once DONE, polled every POLL_SECONDS, as Claid's clients do."""
     while True:
-        data: dict[str, Any] = (await http.get(path, headers=headers)).raise_for_status().json()
-        if _finished(data["data"]):
-            return data["data"]
+        body = (await http.get(path, headers=headers)).raise_for_status().json()
+        data: dict[str, Any] = body["data"]
+        if _finished(data):
+            return data
         await asyncio.sleep(POLL_SECONDS)
 
 
