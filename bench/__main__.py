@@ -15,6 +15,7 @@ BENCHMARKS = [
     "bench.jobs",
     "bench.archive",
     "bench.images",
+    "bench.claid_poll",
     "bench.render",
 ]
 
